@@ -1,0 +1,48 @@
+# One entry point for setting up, testing, linting, benchmarking and serving.
+# Every target creates .venv on first use (Python 3.11) and installs what it needs.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of this exact version lies on the build machine's disk; an unpinned torch
+# would pull a multi-GB CUDA build. Override for a CUDA install: make TORCH_SPEC=torch==2.13.0+cu128
+TORCH_SPEC ?= torch==2.13.0
+CHECKPOINT ?= checkpoints/default
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve test test-slow lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/bert-serve --checkpoint $(CHECKPOINT) --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

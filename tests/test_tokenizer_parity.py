@@ -1,0 +1,112 @@
+"""Parity of our tokenizer with `transformers` (Rust-backed and legacy Python) and round trips."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from tokenization import WordPieceTokenizer
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+HOSTILE = [
+    "",
+    " ",
+    "\t\n\r  \u3000",
+    "😀 hello 🥰 👨‍👩‍👧",
+    "café naïve résumé e\u0301 a\u0300",
+    "中文字符 and 日本語 mixed日本english한국어",
+    "a\x00b\x01c\x7f d\x0be\x85f",
+    "x" * 10_000,
+    "ab" * 5_000 + " end",
+    "Ελληνικά ΟΔΟΣ σας",
+    "Привет, мир! مرحبا بالعالم",
+    "hello\u200bworld a\ufffdb a\ue000b a\u00a0b a\u2028b",
+    "İstanbul ǅ ﬁ ℌ𝔢𝔩𝔩𝔬",
+    "[MASK] is [mask] [CLS]x[SEP]",
+    "don't stop-believing... $100 & 50% off!!!",
+    "trailing   ",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(small_vocab_dir):
+    from transformers import BertTokenizerFast
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    ours = WordPieceTokenizer.from_pretrained(small_vocab_dir)
+    fast = BertTokenizerFast.from_pretrained(small_vocab_dir)
+    slow = BertTokenizerLegacy.from_pretrained(small_vocab_dir)
+    # transformers 5 silently falls back to a 5-token vocabulary when it misses the file.
+    assert len(fast) == len(slow) == ours.vocab_size == 2000
+    return ours, fast, slow
+
+
+def _valid_sample(n_per_file: int = 150) -> list[str]:
+    lines = []
+    for name in ("wordnet.valid.txt", "pydocs.valid.txt"):
+        with open(DATA / name, encoding="utf-8") as fh:
+            lines += [line.rstrip("\n") for line in itertools.islice(fh, n_per_file)]
+    return lines
+
+
+@pytest.mark.parametrize("source", ["valid", "hostile"])
+def test_ids_and_offsets_match_transformers(tokenizers, source):
+    ours, fast, slow = tokenizers
+    texts = _valid_sample() if source == "valid" else HOSTILE
+    for text in texts:
+        enc = ours.encode(text)
+        ref = fast(text, return_offsets_mapping=True)
+        assert enc.ids == ref["input_ids"], text[:80]
+        assert enc.offsets == [tuple(o) for o in ref["offset_mapping"]], text[:80]
+        assert enc.tokens == fast.convert_ids_to_tokens(ref["input_ids"])
+        assert enc.ids == slow(text)["input_ids"], text[:80]
+
+
+def test_pairs_and_batches_match_transformers(tokenizers):
+    ours, fast, _ = tokenizers
+    texts = _valid_sample(20)
+    firsts, seconds = texts[:20], texts[20:]
+    ref = fast(firsts, seconds, truncation="longest_first", max_length=48, padding="longest")
+    encs = ours.encode_batch(firsts, seconds, truncation=True, max_length=48, padding="longest")
+    assert [e.ids for e in encs] == ref["input_ids"]
+    assert [e.type_ids for e in encs] == ref["token_type_ids"]
+    assert [e.attention_mask for e in encs] == ref["attention_mask"]
+
+
+def test_decode_matches_transformers(tokenizers):
+    ours, fast, _ = tokenizers
+    for text in _valid_sample(30):
+        ids = ours.encode(text).ids
+        assert ours.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True) == (
+            fast.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        )
+
+
+_ALPHABET = st.sampled_from(
+    list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'()-\té")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(_ALPHABET, max_size=80))
+def test_decode_inverts_encode_up_to_normalisation(tokenizers, text):
+    ours, _, _ = tokenizers
+    ids = ours.encode(text).ids
+    assume(ours.unk_token_id not in ids)
+    assert ours.decode(ids, skip_special_tokens=True) == ours.normalize(text)
+
+
+def test_hf_reads_our_saved_directory(tmp_path, tokenizers):
+    from transformers import AutoTokenizer
+
+    ours, _, _ = tokenizers
+    ours.save_pretrained(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(hf) == ours.vocab_size
+    assert hf.mask_token_id == ours.mask_token_id and hf.pad_token_id == 0
+    assert hf("The [MASK] sat.")["input_ids"] == ours.encode("The [MASK] sat.").ids

@@ -1,0 +1,22 @@
+"""WordPiece tokenization exactly like BERT's, in the standard library alone.
+
+    from tokenization import WordPieceTokenizer
+    tok = WordPieceTokenizer.from_pretrained("checkpoints/default")
+    tok.encode("The cat sat on the [MASK].").ids
+
+Deliberately not here: tensors, model code, or anything outside the standard library.
+"""
+
+from .normalization import basic_tokenize, normalized_text, split_words
+from .tokenizer import Encoding, WordPieceTokenizer
+from .vocab import SPECIAL_TOKENS, VocabError
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "Encoding",
+    "VocabError",
+    "WordPieceTokenizer",
+    "basic_tokenize",
+    "normalized_text",
+    "split_words",
+]

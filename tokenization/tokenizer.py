@@ -1,0 +1,473 @@
+"""`WordPieceTokenizer`: BERT's tokenizer in pure Python, trained, saved, loaded and applied here.
+
+    tok = WordPieceTokenizer.train(["data/wordnet.train.txt"], vocab_size=16000)
+    enc = tok.encode("Hello, world!")          # enc.ids == [2, ..., 3], enc.offsets, enc.tokens
+    tok.decode(enc.ids, skip_special_tokens=True)  # "hello, world!" -> "hello , world !"
+
+Speed comes from caching whole whitespace-separated chunks: normalisation and WordPiece depend
+only on the chunk, so a repeated chunk costs one dict lookup. Offsets and token strings are
+computed on first access, like the Rust tokenizer's Python bindings do.
+
+Deliberately not handled: tensors (this package is standard library only; callers build them),
+added tokens beyond the five BERT specials, and stride/overflow windows for long texts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .normalization import CHUNK_RE, normalized_text, split_chunk
+from .vocab import (
+    CONFIG_FILE,
+    SPECIAL_TOKENS,
+    VOCAB_FILE,
+    VocabError,
+    atomic_write_text,
+    read_tokenizer_config,
+    read_vocab,
+    tokenizer_config,
+    validate_vocab,
+    write_vocab,
+)
+from .wordpiece import PREFIX, wordpiece
+
+_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+_CACHE_LIMIT = 200_000
+
+# A cached chunk: its piece ids and, per piece, the span relative to the chunk start.
+_Chunk = tuple[tuple[int, ...], tuple[tuple[int, int], ...]]
+
+
+class Encoding:
+    """One encoded text (or pair): ids, type ids, attention mask, tokens and character offsets.
+
+    ``offsets`` index the original text(s); special and padding tokens get ``(0, 0)``. For a pair,
+    offsets of the second segment index the second text, as in `transformers`.
+    """
+
+    __slots__ = ("_offsets", "_spans", "_tokenizer", "_tokens", "attention_mask", "ids", "type_ids")
+
+    def __init__(
+        self,
+        tokenizer: WordPieceTokenizer,
+        ids: list[int],
+        type_ids: list[int],
+        attention_mask: list[int],
+        spans: list[tuple[int, _Chunk | None]],
+    ) -> None:
+        self._tokenizer = tokenizer
+        self.ids = ids
+        self.type_ids = type_ids
+        self.attention_mask = attention_mask
+        self._spans = spans
+        self._offsets: list[tuple[int, int]] | None = None
+        self._tokens: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Encoding(ids={self.ids!r})"
+
+    @property
+    def tokens(self) -> list[str]:
+        """Token strings, ``["[CLS]", "hello", ",", "[SEP]"]``."""
+        if self._tokens is None:
+            itos = self._tokenizer._itos
+            self._tokens = [itos[i] for i in self.ids]
+        return self._tokens
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        """Character ``(start, end)`` of each token in its text."""
+        if self._offsets is None:
+            out: list[tuple[int, int]] = []
+            for base, chunk in self._spans:
+                if chunk is None:  # [CLS] / [SEP] added around the text
+                    out.append((0, 0))
+                else:
+                    out.extend((base + s, base + e) for s, e in chunk[1])
+            self._offsets = out
+        return self._offsets
+
+    @property
+    def special_tokens_mask(self) -> list[int]:
+        """1 where the token is one of the special tokens, else 0."""
+        special = self._tokenizer.special_ids
+        return [1 if i in special else 0 for i in self.ids]
+
+
+class WordPieceTokenizer:
+    """BERT WordPiece tokenizer: lowercasing (default) or cased, ``[CLS] A [SEP] B [SEP]`` layout."""
+
+    def __init__(self, vocab: Sequence[str], lowercase: bool = True, model_max_length: int = 512):
+        if not isinstance(lowercase, bool):
+            raise TypeError(f"lowercase must be a bool, got {type(lowercase).__name__}")
+        if isinstance(vocab, (str, bytes)) or not all(isinstance(t, str) for t in vocab):
+            raise TypeError("vocab must be a sequence of token strings")
+        if not isinstance(model_max_length, int) or model_max_length < 2:
+            raise ValueError(f"model_max_length must be an int >= 2, got {model_max_length!r}")
+        self._itos: list[str] = list(vocab)
+        self.vocab: dict[str, int] = validate_vocab(self._itos)
+        self.lowercase = lowercase
+        self.model_max_length = model_max_length
+        self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token = (
+            SPECIAL_TOKENS
+        )
+        self.pad_token_id = self.vocab["[PAD]"]
+        self.unk_token_id = self.vocab["[UNK]"]
+        self.cls_token_id = self.vocab["[CLS]"]
+        self.sep_token_id = self.vocab["[SEP]"]
+        self.mask_token_id = self.vocab["[MASK]"]
+        self.special_ids = frozenset(self.vocab[t] for t in SPECIAL_TOKENS)
+        self._max_piece = max(
+            len(t[len(PREFIX) :] if t.startswith(PREFIX) else t) for t in self._itos
+        )
+        self._cache: dict[str, _Chunk] = {}
+
+    # ------------------------------------------------------------------ construction and files
+    @classmethod
+    def train(
+        cls,
+        files: Iterable[str | os.PathLike],
+        vocab_size: int = 16000,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+        show_progress: bool = False,
+    ) -> WordPieceTokenizer:
+        """Learn a vocabulary from corpus files (one document per line, or ``.jsonl`` with ``text``)."""
+        from .trainer import count_words, learn_vocab, read_lines
+
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        files = list(files)
+        if not files:
+            raise ValueError("train() needs at least one corpus file")
+        if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}"
+            )
+        for f in files:
+            if not Path(f).is_file():
+                raise ValueError(f"corpus file not found: {f}")
+        counts = count_words(read_lines(files), lowercase=lowercase)
+        if not counts:
+            raise ValueError(f"the corpus {[os.fspath(f) for f in files]} contains no words")
+        progress = None
+        bar = None
+        if show_progress:
+            from tqdm import tqdm  # optional: only the CLI asks for a progress bar
+
+            bar = tqdm(total=vocab_size, desc="merges", unit="tok")
+
+            def progress(n: int) -> None:
+                bar.n = min(vocab_size, n)
+                bar.refresh() if n % 500 == 0 else None
+
+        tokens = learn_vocab(counts, vocab_size, min_frequency, progress=progress)
+        if bar is not None:
+            bar.n = len(tokens)
+            bar.close()
+        return cls(tokens, lowercase=lowercase)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> WordPieceTokenizer:
+        """Load ``vocab.txt`` (+ ``tokenizer_config.json`` if present) from a directory."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise VocabError(f"tokenizer directory not found: {directory}")
+        tokens = read_vocab(directory / VOCAB_FILE)
+        cfg = read_tokenizer_config(directory)
+        max_len = cfg.get("model_max_length", 512)
+        if not isinstance(max_len, int) or max_len > 1_000_000:
+            max_len = 512  # HF writes a huge sentinel when unset
+        return cls(tokens, lowercase=cfg.get("do_lower_case", True), model_max_length=max_len)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``vocab.txt`` and ``tokenizer_config.json`` (readable by `transformers`)."""
+        import json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_vocab(directory, self._itos)
+        cfg = tokenizer_config(self.lowercase, self.model_max_length)
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ vocabulary access
+    @property
+    def vocab_size(self) -> int:
+        return len(self._itos)
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    def id_to_token(self, index: int) -> str:
+        if not isinstance(index, int) or not 0 <= index < len(self._itos):
+            raise ValueError(
+                f"token id {index!r} is outside the vocabulary (size {len(self._itos)})"
+            )
+        return self._itos[index]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.vocab.get(token)
+
+    # ------------------------------------------------------------------ encoding
+    def _chunk(self, chunk: str) -> _Chunk:
+        """WordPiece ids and spans of one whitespace-free chunk, cached."""
+        hit = self._cache.get(chunk)
+        if hit is not None:
+            return hit
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        vocab = self.vocab
+        for word, ws, we in split_chunk(chunk, self.lowercase):
+            pieces = wordpiece(word, vocab, self._max_piece)
+            if pieces[0][0] == "[UNK]" and len(pieces) == 1:
+                ids.append(self.unk_token_id)
+                spans.append((ws, we))
+                continue
+            if we - ws == len(word):  # the usual case: word and text align one to one
+                for piece, s, e in pieces:
+                    ids.append(vocab[piece])
+                    spans.append((ws + s, ws + e))
+            else:
+                # Normalisation changed the length (removed or expanded characters): map piece
+                # boundaries back through a per-character alignment of this word.
+                align = _align_word(chunk[ws:we], self.lowercase)
+                for piece, s, e in pieces:
+                    ids.append(vocab[piece])
+                    spans.append((ws + align[s], ws + align[e - 1] + 1))
+        entry = (tuple(ids), tuple(spans))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[chunk] = entry
+        return entry
+
+    def _encode_text(self, text: str) -> tuple[list[int], list[tuple[int, _Chunk | None]]]:
+        """Ids (no specials) and lazy offset spans for one text."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids: list[int] = []
+        spans: list[tuple[int, _Chunk | None]] = []
+        if "[" in text and _SPECIAL_RE.search(text):
+            pos = 0
+            for m in _SPECIAL_RE.finditer(text):
+                self._encode_span(text, pos, m.start(), ids, spans)
+                ids.append(self.vocab[m.group()])
+                spans.append((0, ((0,), ((m.start(), m.end()),))))
+                pos = m.end()
+            self._encode_span(text, pos, len(text), ids, spans)
+        else:
+            chunk_of = self._chunk
+            for m in CHUNK_RE.finditer(text):
+                entry = chunk_of(m.group())
+                ids.extend(entry[0])
+                spans.append((m.start(), entry))
+        return ids, spans
+
+    def _encode_span(self, text: str, start: int, end: int, ids: list[int], spans: list) -> None:
+        for m in CHUNK_RE.finditer(text, start, end):
+            entry = self._chunk(m.group())
+            ids.extend(entry[0])
+            spans.append((m.start(), entry))
+
+    def tokenize(self, text: str) -> list[str]:
+        """Word pieces of ``text`` without special tokens: ``"Unhappily"`` -> ``["un", "##happ", "##ily"]``."""
+        ids, _ = self._encode_text(text)
+        return [self._itos[i] for i in ids]
+
+    def encode(
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+    ) -> Encoding:
+        """Encode a text, or a pair of texts, into ids, type ids, mask, tokens and offsets."""
+        ids, spans = self._encode_text(text)
+        if pair is None and not truncation and add_special_tokens:  # the hot path
+            n = len(ids) + 2
+            return Encoding(
+                self,
+                [self.cls_token_id, *ids, self.sep_token_id],
+                [0] * n,
+                [1] * n,
+                [(0, None), *spans, (0, None)],
+            )
+        pair_ids: list[int] | None = None
+        pair_spans: list = []
+        if pair is not None:
+            pair_ids, pair_spans = self._encode_text(pair)
+        if truncation:
+            limit = self.model_max_length if max_length is None else max_length
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+            specials = (3 if pair_ids is not None else 2) if add_special_tokens else 0
+            room = limit - specials
+            if room < 0:
+                raise ValueError(f"max_length {limit} leaves no room for the special tokens")
+            ids, pair_ids = _truncate_longest_first(ids, pair_ids, room)
+        return self._assemble(ids, spans, pair_ids, pair_spans, add_special_tokens)
+
+    def _assemble(self, ids, spans, pair_ids, pair_spans, add_special_tokens: bool) -> Encoding:
+        # Offsets are resolved lazily from spans; truncated ids just drop trailing spans, so a
+        # placeholder span list of the right order is kept and cut in Encoding.offsets.
+        first_offsets = _resolve(spans)[: len(ids)]
+        if add_special_tokens:
+            out_ids = [self.cls_token_id, *ids, self.sep_token_id]
+            offsets = [(0, 0), *first_offsets, (0, 0)]
+        else:
+            out_ids = list(ids)
+            offsets = list(first_offsets)
+        type_ids = [0] * len(out_ids)
+        if pair_ids is not None:
+            second = _resolve(pair_spans)[: len(pair_ids)]
+            tail_ids = [*pair_ids, self.sep_token_id] if add_special_tokens else list(pair_ids)
+            tail_offsets = [*second, (0, 0)] if add_special_tokens else second
+            out_ids += tail_ids
+            offsets += tail_offsets
+            type_ids += [1] * len(tail_ids)
+        enc = Encoding(self, out_ids, type_ids, [1] * len(out_ids), [])
+        enc._offsets = offsets
+        return enc
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+        padding: str | bool = "longest",
+    ) -> list[Encoding]:
+        """Encode many texts; ``padding`` is ``"longest"``, ``"max_length"`` or ``False``."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise TypeError("texts must be a list of str (use encode() for a single text)")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+        if padding not in ("longest", "max_length", False, True):
+            raise ValueError(f"padding must be 'longest', 'max_length' or False, got {padding!r}")
+        encs = [
+            self.encode(
+                t,
+                None if pairs is None else pairs[i],
+                add_special_tokens=add_special_tokens,
+                max_length=max_length,
+                truncation=truncation,
+            )
+            for i, t in enumerate(texts)
+        ]
+        if padding is False or not encs:
+            return encs
+        if padding == "max_length":
+            target = self.model_max_length if max_length is None else max_length
+        else:
+            target = max(len(e) for e in encs)
+        for e in encs:
+            missing = target - len(e)
+            if missing > 0:
+                offsets = e.offsets  # resolve before the ids grow
+                e.ids = e.ids + [self.pad_token_id] * missing
+                e.type_ids = e.type_ids + [0] * missing
+                e.attention_mask = e.attention_mask + [0] * missing
+                e._offsets = offsets + [(0, 0)] * missing
+                e._tokens = None
+        return encs
+
+    # ------------------------------------------------------------------ decoding
+    def decode(
+        self,
+        ids: Iterable[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool = False,
+    ) -> str:
+        """Ids back to text: pieces joined by spaces, ``##`` continuations glued to their word.
+
+        ``decode(encode("Héllo, World!").ids, skip_special_tokens=True)`` -> ``"hello , world !"``.
+        """
+        itos = self._itos
+        tokens = []
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"token ids must be ints, got {type(i).__name__}")
+            if not 0 <= i < len(itos):
+                raise ValueError(f"token id {i} is outside the vocabulary (size {len(itos)})")
+            if skip_special_tokens and i in self.special_ids:
+                continue
+            tokens.append(itos[i])
+        text = " ".join(tokens).replace(" ##", "")
+        if text.startswith(PREFIX):
+            text = text[len(PREFIX) :]
+        if clean_up_tokenization_spaces:
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'")):
+                text = text.replace(a, b)
+            for a, b in (
+                (" n't", "n't"),
+                (" 'm", "'m"),
+                (" 's", "'s"),
+                (" 've", "'ve"),
+                (" 're", "'re"),
+            ):
+                text = text.replace(a, b)
+        return text
+
+    def normalize(self, text: str) -> str:
+        """BERT's normalised text (what decoding an ``[UNK]``-free encoding gives back)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return normalized_text(text, self.lowercase)
+
+
+def _resolve(spans: list[tuple[int, _Chunk | None]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for base, chunk in spans:
+        if chunk is not None:
+            out.extend((base + s, base + e) for s, e in chunk[1])
+    return out
+
+
+def _truncate_longest_first(
+    ids: list[int], pair_ids: list[int] | None, room: int
+) -> tuple[list[int], list[int] | None]:
+    """Cut pair sequences to ``room`` tokens in total, the longer one first (``longest_first``)."""
+    if pair_ids is None:
+        return ids[:room], None
+    # The Rust tokenizer's closed form: keep the shorter whole if it fits in half, else split
+    # the room evenly, the odd token going to the longer sequence.
+    n1, n2 = len(ids), len(pair_ids)
+    if n1 + n2 <= room:
+        return ids, pair_ids
+    swap = n1 > n2
+    if swap:
+        n1, n2 = n2, n1
+    n2 = n1 if n1 > room else max(n1, room - n1)
+    if n1 + n2 > room:
+        n1 = room // 2
+        n2 = n1 + room % 2
+    if swap:
+        n1, n2 = n2, n1
+    return ids[:n1], pair_ids[:n2]
+
+
+def _align_word(original: str, lowercase: bool) -> list[int]:
+    """For each normalised character of a word, the index of the original character it came from."""
+    from .normalization import _normalize_char
+
+    align: list[int] = []
+    for i, ch in enumerate(original):
+        align.extend([i] * len(_normalize_char(ch, lowercase)))
+    return align
+
+
+def timed_train(files: list[str], vocab_size: int, min_frequency: int, lowercase: bool):
+    """Train with a progress bar and return ``(tokenizer, seconds)`` (used by the CLI)."""
+    t0 = time.perf_counter()
+    tok = WordPieceTokenizer.train(files, vocab_size, min_frequency, lowercase, show_progress=True)
+    return tok, time.perf_counter() - t0
