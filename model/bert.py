@@ -1,0 +1,569 @@
+"""BERT for masked-language modelling, in one file: embeddings, attention, layer, heads, pooling.
+
+Read top to bottom: `_Layout` (how padding is handled), `Embeddings`, `SelfAttention`,
+`FeedForward`, `Layer`, `MLMHead`, `NSPHead`, `pool`, `BertForMaskedLM`. Every module is built
+from a `BertConfig` alone. Loading and saving HF-compatible checkpoints lives in
+`model/checkpoint.py`; this file only calls it.
+
+Design choices that make it faster than `transformers.BertForMaskedLM` while computing the same
+numbers (parity is tested against transformers to 1e-5):
+- Padding is removed before the token-wise work: embeddings, projections, FFN and LayerNorms
+  run on the N real tokens of the batch, not on B*T. Attention goes through
+  `scaled_dot_product_attention`, per sequence without a mask on CPU, or on the padded
+  (B, nh, T, hs) layout with a boolean key mask elsewhere (see `_Layout`). Without padding no
+  mask is built at all. Hidden states at padding positions come back as zeros.
+- q, k and v come from one fused Linear (H -> 3H); the checkpoint keeps HF's separate
+  query/key/value tensors (split and concatenated in checkpoint.py).
+- `prediction_mask` projects only the selected positions to the vocabulary; for a small BERT
+  the (T, H) x (H, V) projection costs more than the whole encoder. With
+  `return_hidden=False` the last layer, too, runs only at those positions (its keys and values
+  still cover every token), which saves most of one layer.
+
+Deliberately not handled: relative position embeddings, decoders / cross-attention / KV caches,
+untied output embeddings, attention-probability outputs, gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import BertConfig
+from model.errors import ModelInputError
+
+IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
+POOLINGS = ("mean", "cls")
+# Devices where padded batches run attention one sequence at a time (see _Layout).
+PER_SEQUENCE_ATTENTION_DEVICES = ("cpu",)
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact erf GELU, BERT's
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+@dataclass
+class MaskedLMOutput:
+    """What `BertForMaskedLM.forward` returns (attribute names as in transformers)."""
+
+    logits: Tensor  # (B, T, V), or (N, V) for the N positions selected by prediction_mask
+    last_hidden_state: Tensor | None  # (B, T, H), zeros at padding; None if return_hidden=False
+    loss: Tensor | None = None  # scalar, when labels are given
+    nsp_logits: Tensor | None = None  # (B, 2), when the model has an NSP head
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding layout
+
+
+@dataclass
+class _Layout:
+    """Where the real tokens of a (B, T) batch are, so token-wise work can skip the padding.
+
+    Tensors inside the encoder are "packed": (N, C) rows for the N real tokens in row-major
+    order. Without padding N == B*T and nothing is gathered and no mask is built. With padding,
+    attention runs one of two ways:
+    - `lengths` (CPU): one SDPA call per sequence on its own packed rows, without a mask. On a
+      CPU the loop costs microseconds per sequence and saves the padded attention and the
+      copies to and from the padded layout.
+    - `key_mask` (other devices): one SDPA call on the padded (B, nh, T, hs) layout with a key
+      mask, since a per-sequence loop of kernel launches would be slow on a GPU.
+    """
+
+    batch: int
+    length: int
+    indices: Tensor | None = None  # (N,) flat positions in B*T of the real tokens
+    key_mask: Tensor | None = None  # (B, 1, 1, T) bool, True = may be attended to
+    lengths: list[int] | None = None  # real tokens per sequence, in packed order
+
+    @classmethod
+    def build(cls, attention_mask: Tensor | None, batch: int, length: int) -> _Layout:
+        if attention_mask is None:
+            return cls(batch, length)
+        keep = attention_mask.bool()  # (B, T)
+        if bool(keep.all()):
+            return cls(batch, length)
+        indices = keep.flatten().nonzero().squeeze(1)  # (N,)
+        if keep.device.type in PER_SEQUENCE_ATTENTION_DEVICES:
+            return cls(batch, length, indices, lengths=keep.sum(dim=1).tolist())
+        # A row without any real token would softmax over nothing (NaN). Let it attend to
+        # everything instead, as transformers' additive mask effectively does; its outputs are
+        # padding and are dropped anyway.
+        key_mask = keep | ~keep.any(dim=1, keepdim=True)  # (B, T)
+        return cls(batch, length, indices, key_mask=key_mask[:, None, None, :])  # (B, 1, 1, T)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B*T, ...) -> (N, ...): keep the real tokens."""
+        return x if self.indices is None else x.index_select(0, self.indices)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, C) -> (B*T, C): put the real tokens back in place, zeros at padding."""
+        if self.indices is None:
+            return x
+        out = x.new_zeros((self.batch * self.length, x.shape[-1]))  # (B*T, C)
+        return out.index_copy_(0, self.indices, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder
+
+
+class Embeddings(nn.Module):
+    """Token + segment + learned absolute position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        H = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type = nn.Embedding(config.type_vocab_size, H)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, layout: _Layout) -> Tensor:
+        B, T = input_ids.shape
+        ids = layout.pack(input_ids.reshape(B * T))  # (N,)
+        # Positions count from 0 in every row whatever the padding, as in transformers.
+        positions = layout.pack(torch.arange(T, device=input_ids.device).repeat(B))  # (N,)
+        x = self.word(ids) + self.position(positions)  # (N, H)
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]  # (N, H): every token in segment 0
+        else:
+            types = layout.pack(token_type_ids.reshape(B * T))  # (N,)
+            x = x + self.token_type(types)  # (N, H)
+        return self.dropout(self.norm(x))  # (N, H)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: fused qkv projection, SDPA, output projection."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.head_size = config.head_size
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)  # rows: q, then k, then v
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, layout: _Layout, rows: Tensor | None = None) -> Tensor:
+        """(N, H) -> (N, H); with `rows` (M,), only those packed rows are returned: (M, H).
+
+        Keys and values always cover every token; `rows` saves the output projection (and,
+        in Layer, the FFN) for positions nobody will read.
+        """
+        qkv = self.qkv(x)  # (N, 3H)
+        if layout.lengths is not None:  # CPU: one call per sequence, no padding, no mask
+            parts = qkv.split(layout.lengths)  # B x (n_b, 3H)
+            ys = [self._attend(p, 1, p.shape[0]) for p in parts if p.shape[0]]  # B x (n_b, H)
+            y = torch.cat(ys) if ys else qkv[:, : self.n_head * self.head_size]  # (N, H)
+        else:
+            y = self._attend(layout.unpack(qkv), layout.batch, layout.length, layout.key_mask)
+            y = layout.pack(y)  # (N, H)
+        if rows is not None:
+            y = y.index_select(0, rows)  # (M, H)
+        return self.out(y)  # (N or M, H)
+
+    def _attend(self, qkv: Tensor, B: int, T: int, key_mask: Tensor | None = None) -> Tensor:
+        """Attention over B padded sequences of length T: (B*T, 3H) -> (B*T, H)."""
+        nh, hs = self.n_head, self.head_size
+        q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=key_mask,  # (B, 1, 1, T) or None
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B * T, nh * hs)  # (B*T, H)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear(H -> I), activation, Linear(I -> H)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))  # (N, I) inside, (N, H) out
+
+
+class Layer(nn.Module):
+    """One transformer block; post-LN (BERT) or pre-LN, chosen by config.norm_position."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attention = SelfAttention(config)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, layout: _Layout, rows: Tensor | None = None) -> Tensor:
+        """(N, H) -> (N, H), or (M, H) for the packed `rows` only (see SelfAttention)."""
+        if self.pre_norm:
+            a = self.attention(self.attn_norm(x), layout, rows)  # (N or M, H)
+            x = x if rows is None else x.index_select(0, rows)
+            x = x + self.dropout(a)
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))  # (N or M, H)
+        a = self.attention(x, layout, rows)  # (N or M, H)
+        x = x if rows is None else x.index_select(0, rows)
+        x = self.attn_norm(x + self.dropout(a))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))  # (N or M, H)
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads and pooling
+
+
+class MLMHead(nn.Module):
+    """dense + activation + LayerNorm, then the decoder tied to the word embeddings (+ own bias)."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight  # tied: the same Parameter, not a copy
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = self.norm(self.act(self.dense(h)))  # (..., H)
+        return F.linear(h, self.decoder.weight, self.bias)  # (..., V)
+
+
+class NSPHead(nn.Module):
+    """BERT's pooler (dense + tanh on [CLS]) and the next-sentence classifier (2 classes)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
+        return self.classifier(pooled)  # (B, 2)
+
+
+def pool(
+    hidden: Tensor,
+    attention_mask: Tensor | None = None,
+    pooling: str = "mean",
+    normalize: bool = False,
+) -> Tensor:
+    """Sentence embeddings (B, H) from hidden states (B, T, H).
+
+    "mean" averages the non-padding tokens (all tokens if attention_mask is None; a row without
+    any real token gives zeros); "cls" takes the first token. normalize=True scales each row to
+    unit L2 norm. Example: hidden [[[1, 1], [3, 3], [9, 9]]], mask [[1, 1, 0]] -> [[2, 2]].
+    """
+    if pooling == "cls":
+        out = hidden[:, 0]  # (B, H)
+    elif pooling == "mean":
+        if attention_mask is None:
+            out = hidden.mean(dim=1)  # (B, H)
+        else:
+            m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+            out = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # (B, H)
+    else:
+        raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return F.normalize(out, p=2.0, dim=-1) if normalize else out
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class BertForMaskedLM(nn.Module):
+    """BERT encoder + MLM head (+ optional NSP head), HF-checkpoint compatible.
+
+    `nsp_head=True` adds BERT's pooler and next-sentence classifier (`cls.seq_relationship` in
+    HF checkpoints); without it those weights are ignored on load.
+    """
+
+    def __init__(self, config: BertConfig, *, nsp_head: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        # Pre-LN leaves the residual stream un-normalised; BERT-style heads expect a LayerNorm.
+        self.final_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.norm_position == "pre"
+            else None
+        )
+        self.mlm_head = MLMHead(config, self.embeddings.word)
+        self.nsp_head = NSPHead(config) if nsp_head else None
+        self.apply(self._init_weights)
+
+    # -- initialisation and optimisation ---------------------------------------------------------
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's init: normal(0, 0.02) weights, zero biases, LayerNorm = identity."""
+        std = 0.02  # BERT's initializer_range
+        if isinstance(module, nn.Linear):
+            if module is self.mlm_head.decoder:
+                return  # tied: initialised as the word embedding
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, MLMHead):
+            nn.init.zeros_(module.bias)
+
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
+        """Two AdamW groups: decay for weight matrices and embeddings, none for biases and norms.
+
+        Each parameter appears once (the tied decoder weight is the word embedding).
+        """
+        norm_params = {
+            id(p) for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()
+        }
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.endswith("bias") or id(p) in norm_params:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def tie_weights(self) -> None:
+        """Make the MLM decoder weight the word-embedding Parameter again (after a weight swap)."""
+        self.mlm_head.decoder.weight = self.embeddings.word.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.word.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.word.weight.dtype
+
+    # -- forward passes --------------------------------------------------------------------------
+
+    def _check_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
+    ) -> None:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids)
+            raise ModelInputError(f"input_ids must be a (batch, length) tensor, got {got}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ModelInputError(f"input_ids must be integer ids, got dtype {input_ids.dtype}")
+        B, T = input_ids.shape
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ModelInputError(
+                f"sequence length {T} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings})"
+            )
+        if input_ids.numel():
+            lo, hi = (int(v) for v in torch.aminmax(input_ids))
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ModelInputError(
+                    f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), "
+                    f"got values in [{lo}, {hi}]"
+                )
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and tuple(t.shape) != (B, T):
+                raise ModelInputError(
+                    f"{name} must have the shape of input_ids {(B, T)}, got {tuple(t.shape)}"
+                )
+        if token_type_ids is not None and token_type_ids.numel():
+            top = int(token_type_ids.max())
+            if top >= self.config.type_vocab_size or int(token_type_ids.min()) < 0:
+                raise ModelInputError(
+                    f"token_type_ids must lie in [0, type_vocab_size="
+                    f"{self.config.type_vocab_size}), got max {top}"
+                )
+
+    def _encoder(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        prediction_mask: Tensor | None = None,
+    ) -> tuple[Tensor, _Layout]:
+        """Packed final hidden states (N, H) and their layout.
+
+        With prediction_mask, the last layer is computed only at the selected positions and the
+        result is (M, H) in row-major order of the mask.
+        """
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        B, T = input_ids.shape
+        layout = _Layout.build(attention_mask, B, T)
+        rows = None
+        if prediction_mask is not None:
+            selected = prediction_mask.reshape(B * T)  # (B*T,)
+            if layout.indices is not None:
+                if bool((prediction_mask & ~attention_mask.bool()).any()):
+                    raise ModelInputError("prediction_mask selects padding positions")
+                selected = selected.index_select(0, layout.indices)  # (N,)
+            rows = selected.nonzero().squeeze(1)  # (M,) packed rows to predict
+        x = self.embeddings(input_ids, token_type_ids, layout)  # (N, H)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, layout, rows if i == last else None)  # (N, H); (M, H) after the last
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, layout
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The encoder alone: last hidden states (B, T, H), zeros at padding positions."""
+        x, layout = self._encoder(input_ids, attention_mask, token_type_ids)  # (N, H)
+        return layout.unpack(x).view(layout.batch, layout.length, -1)  # (B, T, H)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        prediction_mask: Tensor | None = None,
+        next_sentence_label: Tensor | None = None,
+        return_hidden: bool = True,
+    ) -> MaskedLMOutput:
+        """MLM logits (and loss given labels, ignore index -100, mean over labelled positions).
+
+        prediction_mask (B, T) bool: only those positions are projected to the vocabulary and
+        logits is (N, V) in row-major order of the mask. With labels, every labelled position
+        must be selected (use prediction_mask=labels.ne(-100)): the loss is then the same as the
+        dense one, computed sparsely. next_sentence_label (B,) adds the NSP loss (NSP head only).
+
+        return_hidden=False (only with prediction_mask, no NSP head) skips what only
+        last_hidden_state needs: the last layer runs at the selected positions alone, the
+        logits and loss are unchanged and last_hidden_state is None. The fill-mask and
+        training fast path.
+        """
+        if prediction_mask is not None and (
+            prediction_mask.shape != input_ids.shape or prediction_mask.dtype != torch.bool
+        ):
+            raise ModelInputError(
+                "prediction_mask must be a bool tensor shaped like input_ids "
+                f"{tuple(input_ids.shape)}, got {prediction_mask.dtype} "
+                f"{tuple(prediction_mask.shape)}"
+            )
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ModelInputError(
+                    f"labels must be shaped like input_ids {tuple(input_ids.shape)}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            if prediction_mask is not None and bool(
+                (labels.ne(IGNORE_INDEX) & ~prediction_mask).any()
+            ):
+                raise ModelInputError(
+                    "labels has labelled positions outside prediction_mask; "
+                    "pass prediction_mask=labels.ne(-100)"
+                )
+        if not return_hidden and (prediction_mask is None or self.nsp_head is not None):
+            raise ModelInputError(
+                "return_hidden=False needs a prediction_mask and a model without NSP head"
+            )
+
+        hidden = None
+        if prediction_mask is None:
+            hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+            logits = self.mlm_head(hidden)  # (B, T, V)
+            flat_logits, flat_labels = logits.flatten(0, 1), labels
+        else:
+            if return_hidden:
+                hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+                selected = hidden[prediction_mask]  # (N, H)
+            else:
+                selected, _ = self._encoder(
+                    input_ids, attention_mask, token_type_ids, prediction_mask
+                )  # (N, H)
+            logits = self.mlm_head(selected)  # (N, V)
+            flat_logits = logits
+            flat_labels = None if labels is None else labels[prediction_mask]  # (N,)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                flat_logits.float(), flat_labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+        nsp_logits = None
+        if self.nsp_head is not None:
+            nsp_logits = self.nsp_head(hidden)  # (B, 2)
+            if next_sentence_label is not None:
+                nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
+                loss = nsp_loss if loss is None else loss + nsp_loss
+        elif next_sentence_label is not None:
+            raise ModelInputError("next_sentence_label given but the model has no NSP head")
+        return MaskedLMOutput(
+            logits=logits, last_hidden_state=hidden, loss=loss, nsp_logits=nsp_logits
+        )
+
+    def embed(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        pooling: str = "mean",
+        normalize: bool = False,
+    ) -> Tensor:
+        """Sentence embeddings (B, H): the encoder, then `pool` (see there)."""
+        if pooling not in POOLINGS:
+            raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        return pool(hidden, attention_mask, pooling, normalize)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        map_location: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        nsp_head: bool = False,
+    ) -> BertForMaskedLM:
+        """Load our checkpoint directory or a HuggingFace BERT directory (see checkpoint.py).
+
+        dtype=None gives float32, whatever the file stores. The model is returned in eval mode.
+        """
+        from model.checkpoint import load_pretrained
+
+        return load_pretrained(
+            cls, directory, map_location=map_location, dtype=dtype, nsp_head=nsp_head
+        )
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json + model.safetensors (HF BertForMaskedLM key names), atomically."""
+        from model.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (the tied decoder weight counted once)."""
+        return sum(p.numel() for p in self.parameters())

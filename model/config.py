@@ -1,0 +1,258 @@
+"""`BertConfig`: the architecture hyper-parameters, with HuggingFace field names.
+
+The field names and defaults are those of `transformers.BertConfig`, so a HuggingFace
+`config.json` means the same thing here (a key left out of such a file means the HF default),
+plus one field of ours, `norm_position` ("post" = BERT/HF, "pre" = pre-LN with a final LayerNorm).
+All validation lives in `__post_init__` and `from_dict`; both raise `ConfigError` naming the field.
+
+Deliberately not handled: HF options that change the architecture (relative position embeddings,
+decoders and cross-attention, untied output embeddings, pruned heads, ALBERT-style factorised
+embeddings). `from_dict` refuses them with a `ConfigError` rather than silently running a
+different model. Keys that are pure metadata (versions, dtypes, labels, generation defaults) are
+accepted and dropped; any other unknown key is an error, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.errors import ConfigError
+
+# Activations we implement, with the HF names that select them. "gelu" is the exact (erf) GELU of
+# BERT; "gelu_new" and "gelu_pytorch_tanh" are the tanh approximation under two HF names.
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+NORM_POSITIONS = ("post", "pre")
+
+# HF config keys that do not change the computation of a BERT encoder with an MLM head: metadata,
+# training-time settings, classification-head settings and generation defaults written by
+# `PretrainedConfig`. They are accepted and dropped.
+HARMLESS_HF_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "_commit_hash",
+        "architectures",
+        "model_type",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "initializer_range",
+        "use_cache",
+        "classifier_dropout",
+        "gradient_checkpointing",
+        "output_past",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "use_return_dict",
+        "torchscript",
+        "use_bfloat16",
+        "tf_legacy_loss",
+        "chunk_size_feed_forward",  # a memory-saving loop in HF; same numbers
+        "id2label",
+        "label2id",
+        "num_labels",
+        "problem_type",
+        "finetuning_task",
+        "task_specific_params",
+        "tokenizer_class",
+        "prefix",
+        "bos_token_id",
+        "eos_token_id",
+        "sep_token_id",
+        "cls_token_id",
+        "unk_token_id",
+        "mask_token_id",
+        "decoder_start_token_id",
+        "directionality",  # bert-base-chinese metadata
+        "pooler_fc_size",  # the pooler is not used by the MLM model
+        "pooler_num_attention_heads",
+        "pooler_num_fc_layers",
+        "pooler_size_per_head",
+        "pooler_type",
+        "cross_attention_hidden_size",
+        "tie_encoder_decoder",
+        # Generation defaults that transformers 4.x wrote into every config.
+        "max_length",
+        "min_length",
+        "do_sample",
+        "early_stopping",
+        "num_beams",
+        "num_beam_groups",
+        "diversity_penalty",
+        "temperature",
+        "top_k",
+        "top_p",
+        "typical_p",
+        "repetition_penalty",
+        "length_penalty",
+        "no_repeat_ngram_size",
+        "encoder_no_repeat_ngram_size",
+        "bad_words_ids",
+        "num_return_sequences",
+        "output_scores",
+        "return_dict_in_generate",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "remove_invalid_values",
+        "exponential_decay_length_penalty",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+    }
+)
+
+# HF keys that change the architecture, with the only value we can run (a key may be absent).
+ARCHITECTURE_HF_KEYS: dict[str, Any] = {
+    "position_embedding_type": "absolute",
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "is_encoder_decoder": False,
+    "tie_word_embeddings": True,
+    "pruned_heads": {},
+}
+# A config.json for another family (roberta, distilbert, ...) has other weights and semantics.
+SUPPORTED_MODEL_TYPES = ("bert",)
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Hyper-parameters of a BERT encoder; defaults are HF's (BERT-base, uncased vocab).
+
+    >>> BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64).head_size
+    8
+    """
+
+    vocab_size: int = 30522  # HF default (bert-base-uncased); our tokenizer uses 16000
+    hidden_size: int = 768  # H, the width of the residual stream
+    num_hidden_layers: int = 12  # L
+    num_attention_heads: int = 12  # A; must divide hidden_size
+    intermediate_size: int = 3072  # FFN width, 4*H as in BERT
+    hidden_act: str = "gelu"  # exact (erf) GELU, as in the original BERT
+    hidden_dropout_prob: float = 0.1  # BERT's pretraining value
+    attention_probs_dropout_prob: float = 0.1  # BERT's pretraining value
+    max_position_embeddings: int = 512  # learned absolute positions: the longest sequence
+    type_vocab_size: int = 2  # segments A and B (sentence pairs)
+    layer_norm_eps: float = 1e-12  # BERT's value; HF checkpoints were trained with it
+    pad_token_id: int | None = 0  # its embedding row gets no gradient (nn.Embedding padding_idx)
+    norm_position: str = "post"  # "post": BERT/HF; "pre": LN before each sublayer, final LN
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ConfigError(
+                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(
+                f"BertConfig.hidden_act {self.hidden_act!r} is not supported; "
+                f"use one of {', '.join(SUPPORTED_ACTIVATIONS)}"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
+        if not _is_number(self.layer_norm_eps) or not self.layer_norm_eps > 0:
+            raise ConfigError(
+                f"BertConfig.layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}"
+            )
+        if self.pad_token_id is not None and (
+            not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size
+        ):
+            raise ConfigError(
+                f"BertConfig.pad_token_id must be None or an id in [0, vocab_size="
+                f"{self.vocab_size}), got {self.pad_token_id!r}"
+            )
+        if self.norm_position not in NORM_POSITIONS:
+            raise ConfigError(
+                f"BertConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
+            )
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head (hidden_size / num_attention_heads)."""
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BertConfig:
+        """Build a config from our to_dict() output or a HuggingFace BERT config.json as is.
+
+        Harmless HF metadata is dropped; architecture-changing HF keys must have the one value we
+        support; anything else unknown is a `ConfigError` naming the keys.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        model_type = data.get("model_type", "bert")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"config model_type {model_type!r} is not supported; only 'bert' checkpoints load"
+            )
+        for key, supported in ARCHITECTURE_HF_KEYS.items():
+            if key in data and data[key] != supported and data[key] is not None:
+                raise ConfigError(
+                    f"config {key}={data[key]!r} is not supported (only {supported!r}): "
+                    "it changes the architecture in a way this model does not implement"
+                )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields - HARMLESS_HF_KEYS - set(ARCHITECTURE_HF_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+                f"known fields are {', '.join(sorted(fields))}"
+            )
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as written to config.json: our fields plus the HF keys transformers needs."""
+        out: dict[str, Any] = dataclasses.asdict(self)
+        out.update(
+            model_type="bert",
+            architectures=["BertForMaskedLM"],
+            # Written explicitly so readers that default otherwise (or older transformers)
+            # cannot mistake the architecture.
+            position_embedding_type="absolute",
+            tie_word_embeddings=True,
+            is_decoder=False,
+            add_cross_attention=False,
+            initializer_range=0.02,
+        )
+        return out
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> BertConfig:
+        """Read a config.json (ours or HuggingFace's); errors name the file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: config file not found") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from e
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
