@@ -1,0 +1,370 @@
+"""Dynamic batching: a bounded asyncio queue of pending requests and the worker that batches them.
+
+Three parts, after Ray Serve's ``serve/batching.py`` and TEI's ``queue.rs``:
+
+* ``Pending``: one request (its inputs' token lengths, an opaque payload, a future, enqueue time,
+  deadline, and the ``group`` it must be computed with: the engine that tokenized it).
+* ``BatchQueue``: ``submit`` never blocks (``OverloadedError`` when full); ``wait`` awaits the
+  result while honouring the queue deadline and client disconnects; ``start``/``stop``.
+* The worker loop: take the first waiting request, then keep adding requests until the batch
+  has ``max_batch_size`` inputs, or its padded cost (longest input x inputs) would exceed
+  ``max_batch_tokens``, or ``max_wait_s`` has passed since the first one was taken. A request that
+  does not fit (or belongs to another group) goes back to the front. Cancelled and expired
+  requests are skipped before compute. The batch is handed to ``run_batch`` (an async callable;
+  the app's runs the model in its dedicated thread); its results are fanned out one per future,
+  an exception is set on every future of the batch, and the worker logs and goes on.
+
+``plan_chunks`` splits a batch sorted by length into forward passes so that padding is cut.
+
+Deliberately not here: tokenization, torch, HTTP. A request is never split across batches, so
+all its inputs are computed by the same model; the first request of a batch is always taken
+whole even if it alone exceeds the token budget (the config guarantees one full-length input
+fits, and ``max_client_batch <= max_batch_size``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import (
+    ClientDisconnectedError,
+    OverloadedError,
+    QueueTimeoutError,
+    UnhealthyError,
+)
+from app.metrics import ServeMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Pending:
+    """One request waiting for a batch: its inputs' token lengths, payload and future."""
+
+    lengths: Sequence[int]  # tokens per input, specials included
+    payload: Any  # what run_batch needs for this request (opaque to the queue)
+    future: asyncio.Future[Any]
+    group: Hashable = None  # requests of different groups never share a batch
+    deadline: float | None = None  # time.monotonic() after which it may not start
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started: bool = False  # set when its batch starts computing; then it is never dropped
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def max_len(self) -> int:
+        return max(self.lengths, default=0)
+
+
+def padded_cost(batch: Sequence[Pending]) -> int:
+    """Tokens a batch costs when padded to its longest input: ``max_len x n_inputs``."""
+    n = sum(p.n_inputs for p in batch)
+    return max((p.max_len for p in batch), default=0) * n
+
+
+def padded_chunk_cost(n: int, max_len: int) -> float:
+    """Cost of a forward pass over ``n`` inputs padded to ``max_len``: padded tokens."""
+    return n * max_len
+
+
+def plan_chunks(
+    sorted_lengths: Sequence[int],
+    overhead_tokens: float = 64,
+    chunk_cost: Callable[[int, int], float] = padded_chunk_cost,
+) -> list[tuple[int, int]]:
+    """Split lengths sorted ascending into [start, end) chunks of minimal total cost.
+
+    A chunk of ``n`` inputs padded to its last (longest) length ``t`` costs
+    ``overhead_tokens + chunk_cost(n, t)``: the fixed cost of a forward pass (Python, kernel
+    launches, streaming the weights), in token-equivalents, plus the size-dependent part (by
+    default all padded tokens). Exact dynamic programming, O(n^2) for a batch's few dozen inputs.
+
+    >>> plan_chunks([5, 5, 6, 100])  # one long outlier gets its own pass
+    [(0, 3), (3, 4)]
+    >>> plan_chunks([5, 6, 7])  # 3 x 7 = 21 beats any split plus 64 of overhead
+    [(0, 3)]
+    """
+    n = len(sorted_lengths)
+    if n == 0:
+        return []
+    if any(a > b for a, b in itertools.pairwise(sorted_lengths)):
+        raise ValueError(f"lengths must be sorted ascending, got {list(sorted_lengths)}")
+    best: list[float] = [0.0] + [float("inf")] * n  # best[i]: minimal cost of the first i
+    cut: list[int] = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end):
+            cost = best[start] + overhead_tokens + chunk_cost(end - start, sorted_lengths[end - 1])
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    chunks = []
+    end = n
+    while end > 0:
+        chunks.append((cut[end], end))
+        end = cut[end]
+    return chunks[::-1]
+
+
+RunBatch = Callable[[list[Pending]], Awaitable[Sequence[Any]]]
+
+
+class BatchQueue:
+    """A bounded queue of ``Pending`` requests and one worker task that runs them in batches."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        max_wait_s: float = 0.005,
+        max_queue: int = 256,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0:
+            raise ValueError(
+                f"bad batching limits: max_batch_size={max_batch_size}, "
+                f"max_batch_tokens={max_batch_tokens}, max_queue={max_queue}, max_wait_s={max_wait_s}"
+            )
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._queue: deque[Pending] = deque()
+        self._not_empty = asyncio.Event()
+        self._idle = asyncio.Event()  # no batch computing
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches_run = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker task on the running event loop."""
+        if self._task is not None:
+            raise RuntimeError("BatchQueue already started")
+        self._closed = False
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name="bert-batcher")
+
+    async def stop(self, drain_timeout_s: float = 0.0) -> None:
+        """Refuse new requests, let queued ones finish for up to ``drain_timeout_s``, then stop.
+
+        Requests still queued after that get ``UnhealthyError``.
+        """
+        self._closed = True
+        if self._task is not None and drain_timeout_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained(), drain_timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(UnhealthyError("server is shutting down"))
+        self._update_queue_gauge()
+
+    async def _drained(self) -> None:
+        while self._queue or not self._idle.is_set():
+            await asyncio.sleep(0.005)
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the worker task runs and the queue accepts requests."""
+        return self._task is not None and not self._task.done() and not self._closed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    # --- client side ---------------------------------------------------------------------------
+    def submit(
+        self,
+        lengths: Sequence[int],
+        payload: Any = None,
+        *,
+        group: Hashable = None,
+        timeout_s: float | None = None,
+    ) -> Pending:
+        """Enqueue a request without blocking; await its result with ``wait``."""
+        if not self.is_alive:
+            raise UnhealthyError("the batch worker is not running")
+        if len(self._queue) >= self.max_queue:
+            if self.metrics is not None:
+                self.metrics.dropped.labels(reason="overloaded").inc()
+            raise OverloadedError(f"the queue is full ({self.max_queue} requests waiting)")
+        if not lengths:
+            raise ValueError("a request needs at least one input")
+        now = time.monotonic()
+        pending = Pending(
+            lengths=list(lengths),
+            payload=payload,
+            future=asyncio.get_running_loop().create_future(),
+            group=group,
+            deadline=None if timeout_s is None else now + timeout_s,
+            enqueued_at=now,
+        )
+        self._queue.append(pending)
+        self._not_empty.set()
+        self._update_queue_gauge()
+        return pending
+
+    async def wait(self, pending: Pending, disconnected: Awaitable[Any] | None = None) -> Any:
+        """The request's result; raise QueueTimeoutError past its deadline while still queued,
+        ClientDisconnectedError if ``disconnected`` completes first (the request is dropped
+        unless its batch already started). Cancelling the caller cancels a queued request."""
+        watcher = asyncio.ensure_future(disconnected) if disconnected is not None else None
+        try:
+            while True:
+                waiters: set[asyncio.Future[Any]] = {pending.future}
+                if watcher is not None:
+                    waiters.add(watcher)
+                timeout = None
+                if pending.deadline is not None and not pending.started:
+                    timeout = max(0.0, pending.deadline - time.monotonic())
+                done, _ = await asyncio.wait(
+                    waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if pending.future in done:
+                    return pending.future.result()
+                if pending.started:
+                    # Compute already runs for it: dropping would save nothing. Finish.
+                    watcher = None
+                    continue
+                reason = "client_disconnected" if watcher in done else "deadline"
+                self._drop(pending, reason)
+                if reason == "deadline":
+                    raise QueueTimeoutError("the request waited in the queue past its deadline")
+                raise ClientDisconnectedError("the client went away")
+        except asyncio.CancelledError:
+            if not pending.started and not pending.future.done():
+                self._drop(pending, "cancelled")
+            raise
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+
+    def _drop(self, pending: Pending, reason: str) -> None:
+        """Cancel a queued request; the worker skips done futures without counting them again."""
+        if not pending.future.done():
+            pending.future.cancel()
+        if self.metrics is not None:
+            self.metrics.dropped.labels(reason=reason).inc()
+
+    # --- worker --------------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            try:
+                batch = await self._next_batch()
+                if batch:
+                    await self._execute(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the worker never dies: log and take the next batch
+                logger.exception("batch worker error")
+
+    def _skip(self, p: Pending, now: float) -> bool:
+        """True (and resolve the request) if it must not be computed: cancelled or expired."""
+        if p.future.done():  # cancelled by its caller (already counted) or resolved elsewhere
+            return True
+        if p.deadline is not None and now > p.deadline:
+            p.future.set_exception(
+                QueueTimeoutError("the request waited in the queue past its deadline")
+            )
+            if self.metrics is not None:
+                self.metrics.dropped.labels(reason="deadline").inc()
+            return True
+        return False
+
+    async def _pop_first(self) -> Pending:
+        while True:
+            while not self._queue:
+                self._not_empty.clear()
+                await self._not_empty.wait()
+            p = self._queue.popleft()
+            self._update_queue_gauge()
+            if not self._skip(p, time.monotonic()):
+                return p
+
+    async def _next_batch(self) -> list[Pending]:
+        first = await self._pop_first()
+        batch = [first]
+        n, max_len = first.n_inputs, first.max_len
+        wait_until = time.monotonic() + self.max_wait_s
+        while n < self.max_batch_size:
+            if not self._queue:
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._not_empty.clear()
+                try:
+                    await asyncio.wait_for(self._not_empty.wait(), remaining)
+                except TimeoutError:
+                    break
+                continue
+            p = self._queue.popleft()
+            if self._skip(p, time.monotonic()):
+                self._update_queue_gauge()
+                continue
+            new_n = n + p.n_inputs
+            if (
+                p.group is not first.group
+                or new_n > self.max_batch_size
+                or max(max_len, p.max_len) * new_n > self.max_batch_tokens
+            ):
+                self._queue.appendleft(p)  # does not fit: first in line for the next batch
+                break
+            self._update_queue_gauge()
+            batch.append(p)
+            n, max_len = new_n, max(max_len, p.max_len)
+        # Callers may have gone away while we waited for company.
+        return [p for p in batch if not p.future.done()]
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        start = time.monotonic()
+        for p in batch:
+            p.started = True
+            if self.metrics is not None:
+                self.metrics.queue_duration.observe(start - p.enqueued_at)
+        self._idle.clear()
+        try:
+            results = await self._run_batch(batch)
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)}")
+        except asyncio.CancelledError:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(UnhealthyError("server is shutting down"))
+            raise
+        except Exception as exc:
+            logger.exception("batch of %d requests failed", len(batch))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        else:
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+        finally:
+            self._idle.set()
+            self.batches_run += 1
+            if self.metrics is not None:
+                self.metrics.inference_duration.observe(time.monotonic() - start)
+                self.metrics.batch_size.observe(sum(p.n_inputs for p in batch))
+                self.metrics.batch_tokens.observe(padded_cost(batch))
+
+    def _update_queue_gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_size.set(len(self._queue))

@@ -1,0 +1,388 @@
+"""Engine: one loaded checkpoint (model + tokenizer + version) and the work done with it.
+
+* ``load_engine(dir)`` reads ``model.safetensors`` once (its bytes are both hashed and loaded, so
+  the version names exactly the weights in memory), builds the model on the meta device, checks
+  shapes and finiteness (``model.checkpoint.from_hf_state_dict``), checks that the tokenizer fits
+  the embedding matrix, and runs a test forward pass. Any failure is a ``CheckpointLoadError``.
+* ``Engine.encode*`` turn request texts into ``Encoded`` inputs (run in the tokenizer thread):
+  truncation, the token limit, ``[MASK]`` positions, fill-mask targets.
+* ``Engine.run_batch(jobs)`` computes a batch of fill-mask and embedding jobs in one go (run in the
+  dedicated model thread, under ``torch.inference_mode``): inputs sorted by length, split into
+  forward passes by ``plan_chunks``, MLM logits only at ``[MASK]`` positions.
+
+Deliberately not here: HTTP, queues, threads (``app.service`` and ``app.batcher`` own those).
+Only safetensors are loaded (never pickle: a ``pytorch_model.bin`` is refused, convert it with
+``bert-convert``). ``app`` never imports ``training``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors_bytes
+
+from app.batcher import plan_chunks
+from app.errors import CheckpointLoadError, InputValidationError
+from model import BertConfig, BertForMaskedLM, ModelError, pool
+from model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, from_hf_state_dict
+from tokenization import WordPieceTokenizer
+from tokenization.vocab import VOCAB_FILE
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls")
+# The fixed cost of one forward pass, in token-equivalents. Measured on a BERT-mini on CPU: a
+# pass costs ~50 tokens' worth of work before its first token (Python dispatch, and streaming
+# every weight matrix from memory, which small batches cannot amortise).
+FORWARD_OVERHEAD_TOKENS = 64
+
+
+@dataclass(eq=False, slots=True)
+class Encoded:
+    """One tokenized input: ids with [CLS]/[SEP], character offsets, and where its masks are."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # (0, 0) for [CLS]/[SEP]; a literal "[MASK]" keeps its span
+    mask_positions: list[int] = field(default_factory=list)
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(eq=False, slots=True)
+class FillMaskJob:
+    """A fill-mask request: for each input, ``top_k`` candidates per [MASK] position."""
+
+    inputs: list[Encoded]
+    top_k: int
+    target_ids: list[int] | None = None  # restrict candidates to these ids (deduplicated)
+
+
+@dataclass(eq=False, slots=True)
+class EmbedJob:
+    """An embedding request: one pooled vector per input."""
+
+    inputs: list[Encoded]
+    pooling: str = "mean"
+    normalize: bool = True
+
+
+# Per input: per mask, candidates (token id, probability) best first.
+FillMaskResult = list[list[list[tuple[int, float]]]]
+EmbedResult = list[list[float]]
+
+
+@dataclass(eq=False)
+class Engine:
+    """A checkpoint ready to serve; immutable once built, swapped as a whole on reload."""
+
+    model: BertForMaskedLM
+    tokenizer: WordPieceTokenizer
+    path: Path
+    sha256: str
+    max_input_tokens: int  # min(configured limit, the model's position embeddings)
+    load_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def version(self) -> str:
+        """The version string: ``<checkpoint dir name>-<first 12 hex of its sha256>``."""
+        return f"{self.name}-{self.sha256[:12]}"
+
+    @property
+    def config(self) -> BertConfig:
+        return self.model.config
+
+    def info(self) -> dict[str, Any]:
+        """What ``/info`` shows about the model."""
+        return {
+            "version": self.version,
+            "name": self.name,
+            "sha256": self.sha256,
+            "config": self.config.to_dict(),
+            "vocab_size": self.tokenizer.vocab_size,
+            "lowercase": self.tokenizer.lowercase,
+            "max_input_tokens": self.max_input_tokens,
+            "parameters": self.model.num_parameters(),
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+    # --- tokenization (tokenizer thread) -------------------------------------------------------
+    def encode(
+        self, text: str, *, truncate: bool, direction: str = "right", index: int = 0
+    ) -> Encoded:
+        """Tokenize one input with [CLS]/[SEP]; enforce the token limit or truncate.
+
+        Truncation keeps [CLS] and [SEP] and drops tokens from the end ("right") or the start
+        ("left") of the text. An input with no token besides the specials is refused.
+        """
+        enc = self.tokenizer.encode(text)
+        ids, offsets = enc.ids, enc.offsets
+        if len(ids) <= 2:
+            raise InputValidationError(f"inputs[{index}] is empty (no tokens)")
+        limit = self.max_input_tokens
+        truncated = False
+        if len(ids) > limit:
+            if not truncate:
+                raise InputValidationError(
+                    f"inputs[{index}] has {len(ids)} tokens, more than the limit of {limit} "
+                    "(send truncate=true to cut it)"
+                )
+            keep = limit - 2
+            if direction == "left":
+                body = slice(len(ids) - 1 - keep, len(ids) - 1)
+            else:
+                body = slice(1, 1 + keep)
+            ids = [ids[0], *ids[body], ids[-1]]
+            offsets = [offsets[0], *offsets[body], offsets[-1]]
+            truncated = True
+        return Encoded(ids=ids, offsets=list(offsets), truncated=truncated)
+
+    def encode_fill_mask(self, texts: list[str], *, truncate: bool) -> list[Encoded]:
+        """Tokenize fill-mask inputs; each must keep at least one [MASK]."""
+        mask_id = self.tokenizer.mask_token_id
+        out = []
+        for i, text in enumerate(texts):
+            enc = self.encode(text, truncate=truncate, index=i)
+            enc.mask_positions = [p for p, t in enumerate(enc.ids) if t == mask_id]
+            if not enc.mask_positions:
+                why = " after truncation" if enc.truncated else ""
+                raise InputValidationError(
+                    f"inputs[{i}] has no {self.tokenizer.mask_token} token{why}"
+                )
+            out.append(enc)
+        return out
+
+    def encode_many(
+        self, texts: list[str], *, truncate: bool, direction: str = "right"
+    ) -> list[Encoded]:
+        return [
+            self.encode(t, truncate=truncate, direction=direction, index=i)
+            for i, t in enumerate(texts)
+        ]
+
+    def target_ids(self, targets: list[str]) -> list[int]:
+        """Ids of fill-mask targets: a vocabulary entry, or a text that is exactly one token.
+
+        Deduplicated in the order given (transformers' pipeline also deduplicates).
+        """
+        ids: list[int] = []
+        for t in targets:
+            tid = self.tokenizer.token_to_id(t)
+            if tid is None:
+                pieces = self.tokenizer.tokenize(t) if t.strip() else []
+                if len(pieces) != 1 or pieces[0] == self.tokenizer.unk_token:
+                    raise InputValidationError(
+                        f"target {t!r} is not a single token of the vocabulary"
+                    )
+                tid = self.tokenizer.token_to_id(pieces[0])
+            if tid not in ids:
+                ids.append(tid)
+        return ids
+
+    def tokens(self, text: str, add_special_tokens: bool) -> list[dict[str, Any]]:
+        """``/tokenize``: every token with its id, text span and whether it is special."""
+        enc = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        special = self.tokenizer.special_ids
+        out = []
+        for tid, tok, (start, stop) in zip(enc.ids, enc.tokens, enc.offsets, strict=True):
+            # A [CLS]/[SEP] added around the text covers no characters; a literal "[MASK]"
+            # written in the text is special but does have a span.
+            covers = not (tid in special and start == stop)
+            out.append(
+                {
+                    "id": tid,
+                    "token": tok,
+                    "text": text[start:stop] if covers else None,
+                    "special": tid in special,
+                    "start": start if covers else None,
+                    "stop": stop if covers else None,
+                }
+            )
+        return out
+
+    # --- compute (model thread) ----------------------------------------------------------------
+    def run_batch(self, jobs: list[FillMaskJob | EmbedJob]) -> list[Any]:
+        """Compute every job of a batch; one result per job (FillMaskResult or EmbedResult)."""
+        with torch.inference_mode():
+            return self._run_batch(jobs)
+
+    def _chunk_cost(self, n: int, max_len: int) -> float:
+        """Size-dependent cost of a forward pass over n inputs padded to max_len, in tokens.
+
+        Our model drops padding before all token-wise work (embeddings, projections, FFN), so
+        padding costs only in attention: n * max_len^2 query-key pairs, each worth
+        2H / (4H^2 + 2HI) of a token's linear work. (The real tokens cost the same however
+        the batch is split, so they are left out.) Splitting thus pays only for long outliers.
+        """
+        cfg = self.config
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        return n * max_len * max_len * 2 * h / (4 * h * h + 2 * h * i)
+
+    def _run_batch(self, jobs: list[FillMaskJob | EmbedJob]) -> list[Any]:
+        rows = [(j, i, enc) for j, job in enumerate(jobs) for i, enc in enumerate(job.inputs)]
+        rows.sort(key=lambda r: len(r[2]))  # similar lengths share a forward pass
+        results: list[list[Any]] = [[None] * len(job.inputs) for job in jobs]
+        pad_id = self.tokenizer.pad_token_id
+        lengths = [len(r[2]) for r in rows]
+        for start, end in plan_chunks(lengths, FORWARD_OVERHEAD_TOKENS, self._chunk_cost):
+            chunk = rows[start:end]
+            T = len(chunk[-1][2])
+            ids = torch.tensor([enc.ids + [pad_id] * (T - len(enc)) for _, _, enc in chunk])
+            attn = torch.tensor([[1] * len(enc) + [0] * (T - len(enc)) for _, _, enc in chunk])
+            fill_rows = [k for k, (j, _, _) in enumerate(chunk) if isinstance(jobs[j], FillMaskJob)]
+            if fill_rows:
+                pred = torch.zeros_like(ids, dtype=torch.bool)  # (B, T)
+                for k in fill_rows:
+                    pred[k, chunk[k][2].mask_positions] = True
+                out = self.model(ids, attention_mask=attn, prediction_mask=pred)
+                hidden, logits = out.last_hidden_state, out.logits  # (B, T, H), (N, V)
+                probs = logits.float().softmax(dim=-1)  # (N, V), masks in row-major order
+                offset = 0
+                for k in fill_rows:
+                    j, i, enc = chunk[k]
+                    n = len(enc.mask_positions)
+                    results[j][i] = _top_candidates(
+                        probs[offset : offset + n], jobs[j], self.tokenizer.vocab_size
+                    )
+                    offset += n
+            else:
+                hidden = self.model.encode(ids, attention_mask=attn)  # (B, T, H)
+            embed_rows = [k for k, (j, _, _) in enumerate(chunk) if isinstance(jobs[j], EmbedJob)]
+            if embed_rows:
+                sel = torch.tensor(embed_rows)
+                h, m = hidden.index_select(0, sel), attn.index_select(0, sel)  # (E, T, H), (E, T)
+                mean = pool(h, m, "mean")  # (E, H)
+                for r, k in enumerate(embed_rows):
+                    j, i, _ = chunk[k]
+                    job = jobs[j]
+                    vec = mean[r] if job.pooling == "mean" else h[r, 0]  # (H,)
+                    if job.normalize:
+                        vec = F.normalize(vec, p=2.0, dim=-1)
+                    results[j][i] = vec.float().tolist()
+        return results
+
+    def self_test(self) -> None:
+        """A forward pass on a fixed input; CheckpointLoadError unless shapes and values are sane."""
+        tok = self.tokenizer
+        enc = self.encode_fill_mask([f"the {tok.mask_token} is here ."], truncate=True)
+        job_f = FillMaskJob(inputs=enc, top_k=1)
+        job_e = EmbedJob(inputs=self.encode_many(["a test ."], truncate=True), normalize=False)
+        try:
+            fill, emb = self.run_batch([job_f, job_e])
+        except (ModelError, RuntimeError, ValueError) as e:
+            raise CheckpointLoadError(f"{self.path}: the test forward pass failed ({e})") from e
+        score = fill[0][0][0][1]
+        vec = torch.tensor(emb[0])
+        if not (0.0 <= score <= 1.0) or not bool(torch.isfinite(vec).all()):
+            raise CheckpointLoadError(f"{self.path}: the test forward pass gave non-finite values")
+        if vec.shape != (self.config.hidden_size,):
+            raise CheckpointLoadError(
+                f"{self.path}: embedding has shape {tuple(vec.shape)}, "
+                f"expected ({self.config.hidden_size},)"
+            )
+
+
+def _top_candidates(
+    probs: torch.Tensor, job: FillMaskJob, n_tokens: int
+) -> list[list[tuple[int, float]]]:
+    """Per mask row of ``probs`` (n, V): the top_k (id, probability), restricted to targets.
+
+    Only ids below ``n_tokens`` (the tokenizer's vocabulary) are candidates: a model may have
+    more embedding rows than its tokenizer has tokens, and those rows have no text.
+    """
+    if job.target_ids is not None:
+        targets = torch.tensor(job.target_ids)
+        values, idx = probs.index_select(1, targets).topk(min(job.top_k, len(job.target_ids)))
+        token_ids = targets[idx]  # (n, k)
+    else:
+        probs = probs[:, :n_tokens]  # (n, V'), V' <= V
+        values, token_ids = probs.topk(min(job.top_k, probs.shape[-1]))  # (n, k)
+    return [
+        list(zip(ids_row, vals_row, strict=True))
+        for ids_row, vals_row in zip(token_ids.tolist(), values.tolist(), strict=True)
+    ]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve(strict=True).is_relative_to(root)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        return False
+
+
+def load_engine(
+    directory: str | Path, *, max_input_tokens: int = 512, root: Path | None = None
+) -> Engine:
+    """Load and validate a checkpoint directory; CheckpointLoadError says what is wrong.
+
+    With ``root`` (a resolved models root), every file read must resolve inside it, so a symlink
+    planted in a checkpoint directory cannot make the server read files elsewhere.
+    """
+    t0 = time.perf_counter()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointLoadError(f"checkpoint directory not found: {directory}")
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        found = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        hint = f" (found {', '.join(found)}; convert it with bert-convert)" if found else ""
+        raise CheckpointLoadError(
+            f"{directory}: no {WEIGHTS_NAME}; the server loads only safetensors{hint}"
+        )
+    if root is not None:
+        for name in (WEIGHTS_NAME, CONFIG_NAME, VOCAB_FILE, "tokenizer_config.json"):
+            p = directory / name
+            if (p.exists() or p.is_symlink()) and not _inside(p, root):
+                raise CheckpointLoadError(f"{directory}: {name} resolves outside the models root")
+    try:
+        data = weights.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        config = BertConfig.from_json_file(directory / CONFIG_NAME)
+        tokenizer = WordPieceTokenizer.from_pretrained(directory)
+        try:
+            raw = load_safetensors_bytes(data)
+        except Exception as e:  # SafetensorError: truncated or corrupt bytes
+            raise CheckpointLoadError(f"{weights}: not a valid safetensors file ({e})") from e
+        del data
+        state = from_hf_state_dict(raw, config, source=str(directory))
+        state = {k: v.float() for k, v in state.items()}
+        # Built on the meta device and filled by assignment: no random init that is overwritten.
+        with torch.device("meta"):
+            model = BertForMaskedLM(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.tie_weights()
+        model.eval()
+    except (ModelError, ValueError, OSError) as e:
+        if isinstance(e, CheckpointLoadError):
+            raise
+        raise CheckpointLoadError(f"cannot load checkpoint {directory}: {e}") from e
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointLoadError(
+            f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {config.vocab_size}"
+        )
+    engine = Engine(
+        model=model,
+        tokenizer=tokenizer,
+        path=directory,
+        sha256=sha256,
+        max_input_tokens=min(max_input_tokens, config.max_position_embeddings),
+    )
+    engine.self_test()
+    engine.load_seconds = time.perf_counter() - t0
+    logger.info(
+        "loaded checkpoint %s as %s in %.2fs", directory, engine.version, engine.load_seconds
+    )
+    return engine

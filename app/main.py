@@ -1,0 +1,66 @@
+"""``create_app(config) -> FastAPI``: the app factory.
+
+The lifespan loads the model and starts the batch worker (``ServeState.start``) and stops them in
+``finally``. Nothing heavy happens at import time or in ``create_app`` itself (it only reads the
+admin token file, so a bad one fails before the server binds a port).
+
+Middleware, outermost first: observability (request metrics, ``X-Model-Version`` on every
+response), then the body-size limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.config import ServeConfig
+from app.errors import install_error_handlers
+from app.metrics import ServeMetrics
+from app.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from app.registry import ModelRegistry
+from app.routes import admin, inference, ops
+from app.service import ServeState
+
+logger = logging.getLogger(__name__)
+
+API_DESCRIPTION = """\
+Fill-mask and sentence embeddings from a BERT checkpoint, with dynamic batching and hot-swap.
+
+Every error is `{"error": "<message>", "error_type": "<Kind>"}`; every response carries
+`X-Model-Version`. The admin API (`/admin/*`) answers 404 unless an admin token is configured.
+"""
+
+
+def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) -> FastAPI:
+    """Build the app; the model is loaded when the lifespan starts (``with TestClient(app)``)."""
+    metrics = registry.metrics if registry is not None else ServeMetrics()
+    state = ServeState(config, metrics, registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await state.start()
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="bertserve",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    install_error_handlers(app)
+    app.include_router(inference.router)
+    app.include_router(ops.router)
+    app.include_router(admin.router)
+    # add_middleware puts the last one added outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, version=lambda: state.registry.version
+    )
+    return app

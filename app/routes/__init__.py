@@ -1,0 +1,1 @@
+"""HTTP routers, one module per resource; handlers stay short and delegate to ``app.service``."""

@@ -1,0 +1,78 @@
+"""Admin routes: ``POST /admin/reload`` (hot-swap a checkpoint by name).
+
+Off unless an admin token is configured: then every ``/admin`` route answers 404, exactly like a
+route that does not exist, so an unconfigured server does not advertise it. With a token, a
+missing or wrong ``Authorization: Bearer`` header is 401; the comparison is constant-time
+(``hmac.compare_digest`` on SHA-256 digests, so not even the length leaks). Authentication runs
+before the body is parsed, so an unauthenticated client learns nothing from validation errors.
+Tokens are never logged. In watch mode the ``current`` pointer decides which checkpoint serves,
+so a manual reload is refused (409) rather than silently undone at the next poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app.errors import ConflictError, InputValidationError, NotFoundError, UnauthorizedError
+from app.middleware import VERSION_HEADER
+from app.routes.common import error_responses
+from app.schemas import ReloadRequest, ReloadResponse
+from app.service import ServeState, get_state
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+async def require_admin(request: Request, state: ServeState = Depends(get_state)) -> None:
+    """404 when the admin API is off; 401 unless the bearer token matches."""
+    expected = state.admin_token
+    if expected is None:
+        raise NotFoundError("Not Found")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = credentials.strip().encode("utf-8", "replace")
+    ok = hmac.compare_digest(
+        hashlib.sha256(given).digest(), hashlib.sha256(expected.encode("utf-8")).digest()
+    )
+    if scheme.lower() != "bearer" or not ok:
+        raise UnauthorizedError()
+
+
+@router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 404, 409, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ReloadRequest.model_json_schema()}},
+        }
+    },
+)
+async def reload(request: Request, state: ServeState = Depends(get_state)) -> JSONResponse:
+    """Load a checkpoint from the models root beside the serving one, then swap to it."""
+    try:
+        body = ReloadRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+        raise InputValidationError(f"{where}: {first.get('msg', 'invalid')}") from None
+    if state.config.watch:
+        raise ConflictError(
+            "the server follows the `current` pointer (watch mode); write the checkpoint name "
+            "there instead"
+        )
+    engine, previous = await state.registry.reload(body.checkpoint)
+    return JSONResponse(
+        {
+            "model": engine.version,
+            "previous": previous.version if previous else None,
+            "sha256": engine.sha256,
+            "load_seconds": round(engine.load_seconds, 3),
+        },
+        headers={VERSION_HEADER: engine.version},
+    )

@@ -1,0 +1,133 @@
+"""Request and response schemas of the HTTP API (Pydantic), which also document it at ``/docs``.
+
+Static shape and hard caps live here (types, ``top_k >= 1``, list lengths); limits that depend on
+the running configuration (inputs per request, tokens per input, ``max_top_k``) are checked in
+``app.service`` against ``ServeConfig`` and raise ``InputValidationError`` (422) there. Unknown
+fields are rejected (422), so a misspelt option never silently falls back to its default.
+
+Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``),
+``/v1/embeddings`` is OpenAI's, ``/fill-mask`` candidates are transformers' pipeline dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Hard caps that hold whatever the config says; the body-size limit bounds the rest.
+_MAX_LIST = 4096
+
+Inputs = str | Annotated[list[str], Field(max_length=_MAX_LIST)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FillMaskRequest(_Request):
+    """Fill every ``[MASK]`` of each input with its ``top_k`` most likely tokens."""
+
+    inputs: Inputs = Field(description="A text or a list of texts, each with at least one [MASK].")
+    top_k: int = Field(default=5, ge=1, description="Candidates per mask (at most max_top_k).")
+    targets: str | list[str] | None = Field(
+        default=None,
+        description="Restrict candidates to these vocabulary tokens (scores stay probabilities "
+        "over the whole vocabulary, as in transformers' pipeline).",
+    )
+    truncate: bool = Field(default=False, description="Cut inputs longer than the token limit.")
+
+
+class FillMaskCandidate(BaseModel):
+    score: float = Field(description="Softmax probability of the token at this mask.")
+    token: int = Field(description="Token id.")
+    token_str: str = Field(description="The token as text.")
+    sequence: str = Field(description="The input with this mask replaced by the token.")
+
+
+class FillMaskResponse(BaseModel):
+    model: str = Field(description="Version of the model that computed the predictions.")
+    predictions: list[list[list[FillMaskCandidate]]] = Field(
+        description="Nested input -> mask (in text order) -> candidate (best first)."
+    )
+
+
+class EmbedRequest(_Request):
+    """text-embeddings-inference's ``/embed`` request, plus ``pooling``."""
+
+    inputs: Inputs
+    normalize: bool = True
+    truncate: bool = False
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
+    pooling: Literal["mean", "cls"] = "mean"
+
+
+class OpenAIEmbeddingsRequest(_Request):
+    """OpenAI's embeddings request (texts only; token-id arrays are not accepted)."""
+
+    input: Inputs
+    model: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, description="Must be the model's size.")
+    user: str | None = Field(default=None, max_length=256)
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32.")
+    index: int
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class TokenizeRequest(_Request):
+    inputs: Inputs
+    add_special_tokens: bool = True
+
+
+class TokenInfo(BaseModel):
+    id: int
+    token: str = Field(description="The vocabulary entry, e.g. '##ing'.")
+    text: str | None = Field(description="The characters it covers in the input (None: special).")
+    special: bool
+    start: int | None = Field(description="Character offset of the first covered character.")
+    stop: int | None = Field(description="Character offset just past the last covered one.")
+
+
+class ReloadRequest(_Request):
+    checkpoint: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="A checkpoint directory name inside the models root.",
+    )
+
+
+class ReloadResponse(BaseModel):
+    model: str
+    previous: str | None
+    sha256: str
+    load_seconds: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    error_type: str
+
+
+def as_list(inputs: Inputs) -> tuple[list[str], bool]:
+    """``inputs`` as a list, and whether the client sent a single string."""
+    if isinstance(inputs, str):
+        return [inputs], True
+    return list(inputs), False

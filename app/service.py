@@ -1,0 +1,297 @@
+"""ServeState: the running server's parts (config, metrics, registry, batcher, threads) and the
+operations the routes call.
+
+One ``ServeState`` per app, created by ``create_app`` and started/stopped by its lifespan; routes
+reach it through the ``get_state`` dependency (never a module-level singleton). Operations:
+check the request against the configured limits, tokenize in the tokenizer thread (off the event
+loop), submit to the batcher bound to the engine that tokenized, and await the result while
+watching for the client going away. The model runs only in the single model thread.
+
+Deliberately not here: HTTP details (routes), batching policy (``app.batcher``), tensors
+(``app.engine``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+from fastapi import Request
+
+from app.batcher import BatchQueue, Pending
+from app.config import ServeConfig
+from app.engine import EmbedJob, Encoded, Engine, FillMaskJob
+from app.errors import InputValidationError, UnhealthyError
+from app.metrics import ServeMetrics
+from app.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Makes an awaitable that completes when the client goes away (called only once queued).
+Disconnect = Callable[[], Awaitable[Any]]
+
+
+def configure_torch_threads(n: int) -> None:
+    """Give torch ``n`` intra-op threads and one inter-op thread (process-wide settings)."""
+    torch.set_num_threads(n)
+    # Inter-op parallelism only helps graphs with independent branches; BERT has none. It can
+    # only be set before the first parallel work, hence the suppress on a second app.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+
+class ServeState:
+    """Everything one app instance runs; ``start``/``stop`` are called by the lifespan."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        metrics: ServeMetrics | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or ServeMetrics()
+        self.registry = registry or ModelRegistry(config, self.metrics)
+        self.admin_token = config.read_admin_token()
+        self.batcher: BatchQueue | None = None
+        self.draining = False  # set on SIGTERM: readiness goes 503 while requests finish
+        self.started_at = time.time()
+        self._model_thread: ThreadPoolExecutor | None = None
+        self._tokenizer_threads: ThreadPoolExecutor | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        configure_torch_threads(self.config.effective_torch_threads())
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="bert-model")
+        self._tokenizer_threads = ThreadPoolExecutor(
+            self.config.tokenizer_threads, thread_name_prefix="bert-tokenize"
+        )
+        await self.registry.load_initial()
+        b = self.config.batching_settings()
+        self.batcher = BatchQueue(
+            self._run_batch,
+            max_batch_size=b["max_batch_size"],
+            max_batch_tokens=b["max_batch_tokens"],
+            max_wait_s=b["max_wait_ms"] / 1000.0,
+            max_queue=b["max_queue"],
+            metrics=self.metrics,
+        )
+        self.batcher.start()
+        if self.config.watch:
+            self._watch_task = asyncio.create_task(self.registry.watch(), name="bert-watch")
+        logger.info("serving %s", self.registry.version)
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        if self.batcher is not None:
+            await self.batcher.stop(drain_timeout_s=float(self.config.graceful_shutdown_s))
+        for pool in (self._model_thread, self._tokenizer_threads):
+            if pool is not None:
+                # Waiting for a batch still computing must not block the event loop.
+                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        self._model_thread = self._tokenizer_threads = None
+
+    # --- state ---------------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        """(ready, reason): a model is loaded, the batch worker is alive, not shutting down."""
+        if self.draining:
+            return False, "the server is shutting down"
+        if self.registry.current is None:
+            return False, "no model is loaded"
+        if self.batcher is None or not self.batcher.is_alive:
+            return False, "the batch worker is not running"
+        return True, "ok"
+
+    def engine(self) -> Engine:
+        """The serving engine; UnhealthyError (503) while none is ready."""
+        ok, reason = self.ready()
+        if not ok:
+            raise UnhealthyError(reason)
+        assert self.registry.current is not None
+        return self.registry.current
+
+    # --- threads -------------------------------------------------------------------------------
+    async def in_tokenizer_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._tokenizer_threads is None:
+            raise UnhealthyError("the server is not running")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_threads, functools.partial(fn, *args, **kwargs)
+        )
+
+    async def _run_batch(self, batch: list[Pending]) -> list[Any]:
+        # Every request of a batch was tokenized by the same engine (the batcher's group).
+        engine: Engine = batch[0].group
+        if self._model_thread is None:
+            raise UnhealthyError("the server is not running")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._model_thread, engine.run_batch, [p.payload for p in batch]
+        )
+
+    async def _compute(
+        self, engine: Engine, job: FillMaskJob | EmbedJob, disconnected: Disconnect | None
+    ) -> Any:
+        if self.batcher is None:
+            raise UnhealthyError("the batch worker is not running")
+        pending = self.batcher.submit(
+            [len(e) for e in job.inputs],
+            job,
+            group=engine,
+            timeout_s=self.config.request_timeout_s,
+        )
+        return await self.batcher.wait(pending, disconnected() if disconnected else None)
+
+    # --- limits --------------------------------------------------------------------------------
+    def check_inputs(self, texts: list[str]) -> None:
+        n = len(texts)
+        if n == 0:
+            raise InputValidationError("inputs is empty")
+        if n > self.config.max_client_batch:
+            raise InputValidationError(
+                f"{n} inputs in one request; the limit is {self.config.max_client_batch}"
+            )
+        for i, t in enumerate(texts):
+            if not t or t.isspace():
+                raise InputValidationError(f"inputs[{i}] is empty")
+            check_unicode(t, f"inputs[{i}]")
+
+    # --- operations ----------------------------------------------------------------------------
+    async def fill_mask(
+        self,
+        texts: list[str],
+        *,
+        top_k: int,
+        targets: list[str] | None,
+        truncate: bool,
+        disconnected: Disconnect | None = None,
+    ) -> tuple[Engine, list[list[list[dict[str, Any]]]]]:
+        """Candidates per input, per [MASK]: dicts with score, token, token_str, sequence."""
+        self.check_inputs(texts)
+        if top_k > self.config.max_top_k:
+            raise InputValidationError(f"top_k is {top_k}; the limit is {self.config.max_top_k}")
+        if targets is not None:
+            if not targets:
+                raise InputValidationError("targets is empty; leave it out to rank the vocabulary")
+            if len(targets) > self.config.max_targets:
+                raise InputValidationError(
+                    f"{len(targets)} targets; the limit is {self.config.max_targets}"
+                )
+            for i, t in enumerate(targets):
+                check_unicode(t, f"targets[{i}]")
+        engine = self.engine()
+
+        def prepare() -> FillMaskJob:
+            target_ids = engine.target_ids(targets) if targets is not None else None
+            encoded = engine.encode_fill_mask(texts, truncate=truncate)
+            return FillMaskJob(inputs=encoded, top_k=top_k, target_ids=target_ids)
+
+        job = await self.in_tokenizer_thread(prepare)
+        raw = await self._compute(engine, job, disconnected)
+        itos = engine.tokenizer.id_to_token
+        predictions = []
+        for text, enc, per_mask in zip(texts, job.inputs, raw, strict=True):
+            input_preds = []
+            for pos, candidates in zip(enc.mask_positions, per_mask, strict=True):
+                start, end = enc.offsets[pos]
+                input_preds.append(
+                    [
+                        {
+                            "score": score,
+                            "token": tid,
+                            "token_str": itos(tid),
+                            "sequence": fill_text(text, start, end, itos(tid)),
+                        }
+                        for tid, score in candidates
+                    ]
+                )
+            predictions.append(input_preds)
+        return engine, predictions
+
+    async def embed(
+        self,
+        texts: list[str],
+        *,
+        pooling: str,
+        normalize: bool,
+        truncate: bool,
+        direction: str = "right",
+        disconnected: Disconnect | None = None,
+    ) -> tuple[Engine, list[list[float]], int]:
+        """(engine, one vector per input, tokens used)."""
+        self.check_inputs(texts)
+        engine = self.engine()
+        encoded: list[Encoded] = await self.in_tokenizer_thread(
+            engine.encode_many, texts, truncate=truncate, direction=direction
+        )
+        job = EmbedJob(inputs=encoded, pooling=pooling, normalize=normalize)
+        vectors = await self._compute(engine, job, disconnected)
+        return engine, vectors, sum(len(e) for e in encoded)
+
+    async def tokenize(
+        self, texts: list[str], *, add_special_tokens: bool
+    ) -> tuple[Engine, list[list[dict[str, Any]]]]:
+        self.check_inputs(texts)
+        engine = self.engine()
+
+        def run() -> list[list[dict[str, Any]]]:
+            return [engine.tokens(t, add_special_tokens) for t in texts]
+
+        return engine, await self.in_tokenizer_thread(run)
+
+
+def check_unicode(text: str, where: str) -> None:
+    """422 for text that is not valid Unicode: JSON's ``"\\ud800"`` escape gives a lone
+    surrogate, which no tokenizer or UTF-8 response can represent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputValidationError(f"{where} is not valid Unicode (lone surrogate)") from None
+
+
+def fill_text(text: str, start: int, end: int, token: str) -> str:
+    """``text`` with the span [start, end) (a [MASK]) replaced by ``token``.
+
+    A continuation piece (``##ing``) is glued to the word before the mask:
+    ``fill_text("walk [MASK] home", 5, 11, "##ing")`` -> ``"walking home"``.
+    """
+    if token.startswith("##") and len(token) > 2:
+        return text[:start].rstrip() + token[2:] + text[end:]
+    return text[:start] + token + text[end:]
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client has gone away (after the body was read, ``receive`` yields
+    ``http.disconnect`` only when the connection closes or the response is complete)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def get_state(request: Request) -> ServeState:
+    """FastAPI dependency: the app's ServeState (override it in tests if needed).
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+    hop per request for a dictionary lookup.
+    """
+    return request.app.state.serve
+
+
+async def get_config(request: Request) -> ServeConfig:
+    """FastAPI dependency: the app's ServeConfig."""
+    return request.app.state.serve.config

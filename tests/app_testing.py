@@ -1,0 +1,85 @@
+"""Helpers for the app tests: tiny seeded checkpoints and a ServeConfig for them.
+
+Not a test module (no ``test_`` prefix); imported by tests/test_app*.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from app.config import ServeConfig
+from model import BertConfig, BertForMaskedLM
+from tokenization import WordPieceTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "wordnet.train.txt"
+
+
+@functools.cache
+def tiny_tokenizer(lines: int = 400) -> WordPieceTokenizer:
+    """A WordPiece vocabulary trained on the first ``lines`` of the WordNet glosses."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        corpus = Path(d) / "corpus.txt"
+        with CORPUS.open(encoding="utf-8") as f:
+            corpus.write_text("".join(next(f) for _ in range(lines)), encoding="utf-8")
+        return WordPieceTokenizer.train([corpus], vocab_size=1000, min_frequency=2)
+
+
+def build_checkpoint(
+    directory: Path,
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 64,
+    weight_std: float = 0.3,
+) -> Path:
+    """Write a seeded BertForMaskedLM + tokenizer into ``directory`` (created).
+
+    Weights are drawn wider than BERT's init (std 0.02) so that predictions are peaked and a
+    parity test compares something other than near-uniform distributions.
+    """
+    tok = tiny_tokenizer()
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_positions,
+    )
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, weight_std)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    model.eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def serve_config(checkpoint: Path | None, **overrides) -> ServeConfig:
+    """A ServeConfig for tests: small limits, one torch thread, short waits."""
+    values = {
+        "checkpoint": checkpoint,
+        "max_wait_ms": 2.0,
+        "torch_threads": 1,
+        "max_client_batch": 8,
+        "max_batch_size": 16,
+        "max_batch_tokens": 1024,
+        "max_input_tokens": 64,
+        "graceful_shutdown_s": 2,
+    }
+    values.update(overrides)
+    return ServeConfig(**values)
