@@ -190,3 +190,9 @@ def test_app_never_imports_training():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not any(n == "training" or n.startswith("training.") for n in names), path
+
+
+def test_empty_admin_token_means_admin_api_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("BERT_SERVE_ADMIN_TOKEN", "")
+    config = ServeConfig.load(None, checkpoint=tmp_path)
+    assert config.admin_token is None and config.read_admin_token() is None

@@ -1,0 +1,23 @@
+"""MLM pretraining of `model.BertForMaskedLM` with our WordPiece tokenizer.
+
+Modules, in the order a run uses them:
+    config.py         TrainConfig and the YAML + `--key value` loader
+    data.py           corpus files -> cached token ids -> packed rows; resumable row order
+    masking.py        dynamic 80/10/10 masking (optionally whole-word)
+    schedule.py       warmup + cosine LR over steps or over a wall-clock budget
+    trainer.py        the loop (AMP, accumulation, clipping, DDP, non-finite guard)
+    checkpointing.py  atomic checkpoint directories, `latest`/`best` pointers, rotation
+    evaluate.py       validation loss / accuracy / perplexity, and `bert-eval`
+    metrics.py        metrics.jsonl, TensorBoard, curves.png
+    cli.py            `bert-train`
+
+Each checkpoint directory is servable as is (model.save_pretrained + tokenizer.save_pretrained)
+and also holds training_state.pt and training_config.yaml for exact resume and provenance.
+
+Deliberately not here: NSP / sentence-pair objectives, fine-tuning heads, and anything the
+server needs at run time (`app/` never imports this package).
+"""
+
+from training.config import TrainConfig, TrainConfigError, load_run_config
+
+__all__ = ["TrainConfig", "TrainConfigError", "load_run_config"]
