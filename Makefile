@@ -11,7 +11,7 @@ CHECKPOINT ?= checkpoints/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-slow lint format bench clean
+.PHONY: install serve test test-slow lint format bench clean docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+# Build and run the containers for real: serve, query, train, hot-swap under load, tear down.
+docker-smoke: install
+	$(BIN)/python deploy/docker_smoke.py
