@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from types import FrameType
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             state.draining = True  # readiness goes 503 before connections close
             super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:
+                # uvicorn re-raises captured signals after shutting down, so a drained, clean stop
+                # would end with status 143; SIGTERM is the normal way to stop a server, so exit 0.
+                self._captured_signals = [s for s in self._captured_signals if s != sig]
 
     server = Server(
         uvicorn.Config(

@@ -168,8 +168,8 @@ def test_bert_serve_process_serves_and_shuts_down_gracefully_on_sigterm(tmp_path
         r = httpx.post(f"{url}/fill-mask", json={"inputs": "the [MASK] ."}, timeout=10)
         assert r.status_code == 200 and r.headers["x-model-version"].startswith("tiny-")
         proc.send_signal(signal.SIGTERM)
-        # uvicorn re-raises the signal after its graceful shutdown: exit by SIGTERM, no traceback.
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        # A graceful stop on SIGTERM is a clean exit (uvicorn alone would re-raise the signal).
+        assert proc.wait(timeout=30) == 0
         output = proc.stdout.read().decode()
         assert "Traceback" not in output, output
     finally:
