@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -30,3 +31,13 @@ def small_vocab_dir(tmp_path_factory, corpus_sample) -> Path:
     out = tmp_path_factory.mktemp("vocab")
     WordPieceTokenizer.train([corpus_sample], vocab_size=2000, min_frequency=2).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (tiny models are fastest so, and a busy shared machine
+    makes multi-threaded tiny ops stall on synchronisation), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

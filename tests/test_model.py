@@ -19,6 +19,8 @@ from model import (
     pool,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(
     vocab_size=99,
     hidden_size=32,
@@ -37,16 +39,6 @@ def tiny_model(norm_position: str = "post", seed: int = 0, **overrides) -> BertF
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(5, TINY["vocab_size"], (batch, length), generator=g)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared, busy machine makes multi-threaded
-    tiny ops stall on thread synchronisation; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------ config

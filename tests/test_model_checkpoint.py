@@ -20,6 +20,8 @@ from model.convert import main as convert_main
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = dict(
     vocab_size=99,
     hidden_size=32,
@@ -67,16 +69,6 @@ def write_checkpoint(path, state, config: dict):
     (path / "config.json").write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared, busy machine makes multi-threaded
-    tiny ops stall on thread synchronisation; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------ parity
