@@ -11,7 +11,7 @@ CHECKPOINT ?= checkpoints/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-slow lint format bench clean docker-smoke
+.PHONY: install serve test test-slow reliability lint format bench clean docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# The whole reliability suite, long tests included (soak, kill -9 trials); prints its figures.
+reliability: install
+	$(BIN)/python -m pytest -q tests/reliability -m "" --figures-json bench/results/reliability.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -13,6 +13,10 @@ Three parts, after Ray Serve's ``serve/batching.py`` and TEI's ``queue.rs``:
   requests are skipped before compute. The batch is handed to ``run_batch`` (an async callable;
   the app's runs the model in its dedicated thread); its results are fanned out one per future,
   an exception is set on every future of the batch, and the worker logs and goes on.
+* The stall watchdog: a batch still computing after ``compute_timeout_s`` means a hung model.
+  Its requests get ``ComputeTimeoutError`` (504) at once, the stall is logged and counted, and
+  ``stalled_for`` tells readiness; the worker waits for the forward pass to return (a thread
+  cannot be interrupted), logs the recovery and takes the next batch.
 
 ``plan_chunks`` splits a batch sorted by length into forward passes so that padding is cut.
 
@@ -36,6 +40,7 @@ from typing import Any
 
 from app.errors import (
     ClientDisconnectedError,
+    ComputeTimeoutError,
     OverloadedError,
     QueueTimeoutError,
     UnhealthyError,
@@ -128,18 +133,27 @@ class BatchQueue:
         max_batch_tokens: int = 16384,
         max_wait_s: float = 0.005,
         max_queue: int = 256,
+        compute_timeout_s: float | None = None,
         metrics: ServeMetrics | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_batch_tokens < 1 or max_queue < 1 or max_wait_s < 0:
+        if (
+            max_batch_size < 1
+            or max_batch_tokens < 1
+            or max_queue < 1
+            or max_wait_s < 0
+            or (compute_timeout_s is not None and compute_timeout_s <= 0)
+        ):
             raise ValueError(
                 f"bad batching limits: max_batch_size={max_batch_size}, "
-                f"max_batch_tokens={max_batch_tokens}, max_queue={max_queue}, max_wait_s={max_wait_s}"
+                f"max_batch_tokens={max_batch_tokens}, max_queue={max_queue}, "
+                f"max_wait_s={max_wait_s}, compute_timeout_s={compute_timeout_s}"
             )
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.compute_timeout_s = compute_timeout_s
         self.metrics = metrics
         self._queue: deque[Pending] = deque()
         self._not_empty = asyncio.Event()
@@ -147,6 +161,11 @@ class BatchQueue:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._computing_since: float | None = None  # start of the batch now computing
+        self._stalled = False  # that batch overran compute_timeout_s and has not returned
+        # The batch the worker is gathering (taken off the queue, not yet computing): stop()
+        # must answer these too, or a request caught there would never get a response.
+        self._gathering: list[Pending] = []
         self.batches_run = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -164,6 +183,9 @@ class BatchQueue:
         """
         self._closed = True
         if self._task is not None and drain_timeout_s > 0:
+            # A batch waiting for company closes now (nothing else will come). Only when
+            # draining: waking the worker right before cancelling it would race the cancel.
+            self._not_empty.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), drain_timeout_s)
         if self._task is not None:
@@ -171,20 +193,29 @@ class BatchQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while self._queue:
-            p = self._queue.popleft()
+        unanswered = [*self._gathering, *self._queue]
+        self._gathering = []
+        self._queue.clear()
+        for p in unanswered:
             if not p.future.done():
                 p.future.set_exception(UnhealthyError("server is shutting down"))
         self._update_queue_gauge()
 
     async def _drained(self) -> None:
-        while self._queue or not self._idle.is_set():
+        while self._queue or self._gathering or not self._idle.is_set():
             await asyncio.sleep(0.005)
 
     @property
     def is_alive(self) -> bool:
         """True while the worker task runs and the queue accepts requests."""
         return self._task is not None and not self._task.done() and not self._closed
+
+    @property
+    def stalled_for(self) -> float | None:
+        """Seconds the stalled batch has been computing; None unless the model is stalled."""
+        if not self._stalled or self._computing_since is None:
+            return None
+        return time.monotonic() - self._computing_since
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -300,13 +331,19 @@ class BatchQueue:
 
     async def _next_batch(self) -> list[Pending]:
         first = await self._pop_first()
-        batch = [first]
+        batch = self._gathering = [first]
+        # Not cleared on cancellation: stop() answers whatever the cancelled gathering held.
+        out = await self._gather(first, batch)
+        self._gathering = []
+        return out
+
+    async def _gather(self, first: Pending, batch: list[Pending]) -> list[Pending]:
         n, max_len = first.n_inputs, first.max_len
         wait_until = time.monotonic() + self.max_wait_s
         while n < self.max_batch_size:
             if not self._queue:
                 remaining = wait_until - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._closed:
                     break
                 self._not_empty.clear()
                 try:
@@ -339,11 +376,14 @@ class BatchQueue:
             if self.metrics is not None:
                 self.metrics.queue_duration.observe(start - p.enqueued_at)
         self._idle.clear()
+        self._computing_since = start
+        compute = asyncio.ensure_future(self._run_batch(batch))
         try:
-            results = await self._run_batch(batch)
+            results = await self._watch(compute, batch)
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)}")
         except asyncio.CancelledError:
+            compute.cancel()  # the awaiting side only: a running forward pass cannot be stopped
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(UnhealthyError("server is shutting down"))
@@ -359,11 +399,48 @@ class BatchQueue:
                     p.future.set_result(result)
         finally:
             self._idle.set()
+            self._computing_since = None
             self.batches_run += 1
             if self.metrics is not None:
                 self.metrics.inference_duration.observe(time.monotonic() - start)
                 self.metrics.batch_size.observe(sum(p.n_inputs for p in batch))
                 self.metrics.batch_tokens.observe(padded_cost(batch))
+
+    async def _watch(self, compute: asyncio.Future[Sequence[Any]], batch: list[Pending]) -> Any:
+        """The batch's results; past ``compute_timeout_s`` answer its requests 504 and report
+        the stall, then keep waiting: the model thread is busy until the forward pass returns."""
+        if self.compute_timeout_s is None:
+            return await compute
+        done, _ = await asyncio.wait({compute}, timeout=self.compute_timeout_s)
+        if done:
+            return compute.result()
+        self._stalled = True
+        n_inputs = sum(p.n_inputs for p in batch)
+        logger.error(
+            "model stalled: a batch of %d requests (%d inputs) is still computing after %.1fs "
+            "(compute_timeout_s); its requests get 504 and readiness is 503 until it returns",
+            len(batch),
+            n_inputs,
+            self.compute_timeout_s,
+        )
+        if self.metrics is not None:
+            self.metrics.stalled_batches.inc()
+        error = ComputeTimeoutError(
+            f"the model did not finish this request's batch within {self.compute_timeout_s:g}s "
+            "(it is stalled); retry later"
+        )
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(error)
+        try:
+            return await compute
+        finally:
+            self._stalled = False
+            if compute.done() and not compute.cancelled():  # returned or raised; not shutdown
+                logger.warning(
+                    "the stalled batch returned after %.1fs; serving resumes",
+                    time.monotonic() - (self._computing_since or time.monotonic()),
+                )
 
     def _update_queue_gauge(self) -> None:
         if self.metrics is not None:

@@ -6,8 +6,13 @@
 
 Every ``ServeConfig`` field is a flag (``--max-batch-size``; booleans as ``--watch/--no-watch``);
 flags override ``BERT_SERVE_*`` environment variables, which override the YAML file. Invalid
-settings exit with status 2 and the reason. On SIGTERM readiness (``/health``) turns 503 at once,
-uvicorn stops accepting connections and in-flight requests get ``graceful_shutdown_s`` to finish.
+settings exit with status 2 and the reason.
+
+SIGTERM (or a first Ctrl-C) drains: readiness (``/health``) and every new request answer 503 at
+once, while the listener stays open, so a load balancer sees "not ready" rather than "connection
+refused"; once no request is in flight (probes aside), or ``graceful_shutdown_s`` after the
+signal, uvicorn closes the listener, waits what is left of that period for responses still being
+written, and the process exits 0. A second Ctrl-C stops at once.
 
 Deliberately not here: multiple worker processes (run replicas instead; they can share a models
 volume and follow the same ``current`` pointer with ``--watch``).
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -79,15 +86,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bert-serve: {e}", file=sys.stderr)
         return 2
     state = app.state.serve
+    in_flight = app.state.in_flight
 
     class Server(uvicorn.Server):
+        drain_deadline: float | None = None
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             state.draining = True  # readiness goes 503 before connections close
+            if self.drain_deadline is None:
+                self.drain_deadline = time.monotonic() + config.graceful_shutdown_s
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM:
                 # uvicorn re-raises captured signals after shutting down, so a drained, clean stop
                 # would end with status 143; SIGTERM is the normal way to stop a server, so exit 0.
                 self._captured_signals = [s for s in self._captured_signals if s != sig]
+
+        async def on_tick(self, counter: int) -> bool:
+            # uvicorn would close the listener at the next tick; hold it open while requests are
+            # in flight, so that probes and late clients get a 503 instead of a refused connection.
+            should_exit = await super().on_tick(counter)
+            draining = should_exit and not self.force_exit and self.drain_deadline is not None
+            if draining and in_flight.count > 0 and time.monotonic() < self.drain_deadline:
+                return False
+            return should_exit
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # One grace period in all: uvicorn's wait for open responses gets what the drain left.
+            if self.drain_deadline is not None:
+                if in_flight.count > 0 and state.batcher is not None and not self.force_exit:
+                    # Out of time: the batcher answers what it still holds with 503, where
+                    # uvicorn would cancel the handlers and answer 500.
+                    await state.batcher.stop()
+                left = self.drain_deadline - time.monotonic()
+                self.config.timeout_graceful_shutdown = max(0.5, left)
+            await super().shutdown(sockets)
 
     server = Server(
         uvicorn.Config(

@@ -68,6 +68,12 @@ class ServeConfig(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Request body limit (413).")
     # How long a request may wait in the queue before it is answered 504 (compute is not cut).
     request_timeout_s: float = Field(default=30.0, gt=0, description="Queue deadline (504).")
+    # A batch still computing after this long is a stalled model (a hung kernel, a deadlocked
+    # thread): its requests get 504, the stall is logged and counted, and readiness is 503 until
+    # the forward pass returns. Far above any sane batch time; it is a fault detector, not an SLO.
+    compute_timeout_s: float = Field(
+        default=60.0, gt=0, description="Batch compute time before the model counts as stalled."
+    )
     # uvicorn's timeout_graceful_shutdown: in-flight requests get this long after SIGTERM.
     graceful_shutdown_s: int = Field(default=10, ge=0, description="Drain time after SIGTERM.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
@@ -184,6 +190,7 @@ class ServeConfig(BaseSettings):
             "max_queue": self.max_queue,
             "max_client_batch": self.max_client_batch,
             "request_timeout_s": self.request_timeout_s,
+            "compute_timeout_s": self.compute_timeout_s,
         }
 
     def effective_torch_threads(self) -> int:

@@ -367,7 +367,9 @@ def load_engine(
     except (ModelError, ValueError, OSError) as e:
         if isinstance(e, CheckpointLoadError):
             raise
-        raise CheckpointLoadError(f"cannot load checkpoint {directory}: {e}") from e
+        # Model errors usually name the file already; say the path once.
+        where = "" if str(directory) in str(e) else f" {directory}"
+        raise CheckpointLoadError(f"cannot load checkpoint{where}: {e}") from e
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointLoadError(
             f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "

@@ -71,6 +71,14 @@ class QueueTimeoutError(ServeError):
     error_type = "Timeout"
 
 
+class ComputeTimeoutError(ServeError):
+    """The request's batch did not finish computing within ``compute_timeout_s``: the model
+    stalled. The client gets 504; the forward pass itself cannot be interrupted (504)."""
+
+    status_code = 504
+    error_type = "Timeout"
+
+
 class NotFoundError(ServeError):
     """A named thing does not exist, or the admin API is off (404)."""
 
@@ -157,6 +165,10 @@ async def _request_validation_handler(request: Request, exc: Exception) -> JSONR
 
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # JSON is UTF-8 (RFC 8259). FastAPI answers a body that is not with a bare 400 "error
+        # parsing the body", while every other malformed body is a 422: one mistake, one status.
+        return error_response(422, "the request body is not valid UTF-8 JSON", "Validation")
     error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "HTTP")
     return error_response(exc.status_code, str(exc.detail), error_type, exc.headers)
 

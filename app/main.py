@@ -4,8 +4,9 @@ The lifespan loads the model and starts the batch worker (``ServeState.start``) 
 ``finally``. Nothing heavy happens at import time or in ``create_app`` itself (it only reads the
 admin token file, so a bad one fails before the server binds a port).
 
-Middleware, outermost first: observability (request metrics, ``X-Model-Version`` on every
-response), then the body-size limit.
+Middleware, outermost first: the in-flight count (``InFlight``, which the graceful shutdown in
+``app.cli`` waits on), observability (request metrics, ``X-Model-Version`` on every response),
+then the body-size limit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import ServeConfig
 from app.errors import install_error_handlers
@@ -25,6 +27,10 @@ from app.routes import admin, inference, ops
 from app.service import ServeState
 
 logger = logging.getLogger(__name__)
+
+# Requests the shutdown drain does not wait for: they answer at once, and load balancers keep
+# sending them while the server drains.
+PROBE_PATHS = frozenset({"/health", "/live", "/metrics"})
 
 API_DESCRIPTION = """\
 Fill-mask and sentence embeddings from a BERT checkpoint, with dynamic batching and hot-swap.
@@ -54,13 +60,54 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
         lifespan=lifespan,
     )
     app.state.serve = state
+    app.state.in_flight = in_flight = InFlight(metrics)
     install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(ops.router)
-    app.include_router(admin.router)
+    if state.admin_token is not None:
+        # Without a token the routes are not mounted at all: every method on /admin/* is 404
+        # and the OpenAPI schema does not list them. require_admin still refuses (404) on its
+        # own, as a second guard.
+        app.include_router(admin.router)
     # add_middleware puts the last one added outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(
         ObservabilityMiddleware, metrics=metrics, version=lambda: state.registry.version
     )
+    app.add_middleware(InFlightMiddleware, counter=in_flight)
     return app
+
+
+class InFlight:
+    """How many requests (probes excluded) the app is handling now; mirrored in a gauge."""
+
+    def __init__(self, metrics: ServeMetrics) -> None:
+        self.count = 0
+        self._gauge = metrics.in_flight
+
+    def enter(self) -> None:
+        self.count += 1
+        self._gauge.inc()
+
+    def leave(self) -> None:
+        self.count -= 1
+        self._gauge.dec()
+
+
+class InFlightMiddleware:
+    """Counts every HTTP request but the probes from its first byte to its last (pure ASGI, so
+    that handlers still see client disconnects)."""
+
+    def __init__(self, app: ASGIApp, counter: InFlight) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        self.counter.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.counter.leave()

@@ -60,6 +60,11 @@ class ServeMetrics:
         self.queue_size = Gauge(
             "bert_queue_size", "Requests waiting in the batch queue.", registry=r
         )
+        self.in_flight = Gauge(
+            "bert_requests_in_flight",
+            "HTTP requests being handled, probes (/health, /live, /metrics) excluded.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "bert_batch_size", "Inputs per computed batch.", buckets=_SIZE_BUCKETS, registry=r
         )
@@ -73,6 +78,11 @@ class ServeMetrics:
             "bert_dropped_requests",
             "Requests dropped before compute, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.stalled_batches = Counter(
+            "bert_stalled_batches",
+            "Batches still computing after compute_timeout_s (their requests got 504).",
             registry=r,
         )
         self.reloads = Counter(

@@ -133,7 +133,10 @@ class ModelRegistry:
                 )
             except Exception as e:
                 self.metrics.reloads.labels(result="failure").inc()
-                logger.warning("reload of %r failed, keeping %s: %s", name, self.version, e)
+                # The text, not the exception: a log record keeps its arguments, and the
+                # exception's traceback holds the failed load's frames (file bytes, tensors), so a
+                # handler that retains records would keep every failed checkpoint in memory.
+                logger.warning("reload of %r failed, keeping %s: %s", name, self.version, str(e))
                 if isinstance(e, (CheckpointLoadError, InputValidationError, NotFoundError)):
                     raise
                 raise CheckpointLoadError(f"cannot load checkpoint {name!r}: {e}") from e
@@ -161,7 +164,7 @@ class ModelRegistry:
         try:
             pointer = await asyncio.to_thread(self.read_pointer)
         except Exception as e:
-            logger.warning("cannot read the %s pointer: %s", POINTER_NAME, e)
+            logger.warning("cannot read the %s pointer: %s", POINTER_NAME, str(e))
             return False
         if pointer is None or not pointer[0] or pointer == self._last_pointer:
             return False
@@ -174,7 +177,7 @@ class ModelRegistry:
         try:
             await self.reload(name)
         except Exception as e:  # logged and counted by reload; not retried until it changes
-            logger.warning("watch: %s names %r, which did not load: %s", POINTER_NAME, name, e)
+            logger.warning("watch: %s names %r, which did not load: %s", POINTER_NAME, name, str(e))
             return False
         return True
 

@@ -5,8 +5,9 @@ the running configuration (inputs per request, tokens per input, ``max_top_k``) 
 ``app.service`` against ``ServeConfig`` and raise ``InputValidationError`` (422) there. Unknown
 fields are rejected (422), so a misspelt option never silently falls back to its default.
 
-Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``),
-``/v1/embeddings`` is OpenAI's, ``/fill-mask`` candidates are transformers' pipeline dicts.
+Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``, by
+default the checkpoint's), ``/v1/embeddings`` is OpenAI's, ``/fill-mask`` candidates are
+transformers' pipeline dicts.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class EmbedRequest(_Request):
     truncate: bool = False
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls"] | None = Field(
+        default=None,
+        description="How token vectors become one vector: 'mean' (over the input's tokens) or "
+        "'cls' (the [CLS] token). Omitted or null: the pooling the serving checkpoint was "
+        "trained with (its config.json 'pooling'; 'mean' when it records none).",
+    )
 
 
 class OpenAIEmbeddingsRequest(_Request):

@@ -70,6 +70,9 @@ class ServeState:
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        # A lifespan may run again on the same app (test clients, ASGI hosts that restart it):
+        # the previous stop()'s draining flag must not outlive it.
+        self.draining = False
         configure_torch_threads(self.config.effective_torch_threads())
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="bert-model")
         self._tokenizer_threads = ThreadPoolExecutor(
@@ -83,6 +86,7 @@ class ServeState:
             max_batch_tokens=b["max_batch_tokens"],
             max_wait_s=b["max_wait_ms"] / 1000.0,
             max_queue=b["max_queue"],
+            compute_timeout_s=b["compute_timeout_s"],
             metrics=self.metrics,
         )
         self.batcher.start()
@@ -107,13 +111,20 @@ class ServeState:
 
     # --- state ---------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
-        """(ready, reason): a model is loaded, the batch worker is alive, not shutting down."""
+        """(ready, reason): a model is loaded, the batch worker is alive and not stalled on a
+        hung forward pass, and the server is not shutting down."""
         if self.draining:
             return False, "the server is shutting down"
         if self.registry.current is None:
             return False, "no model is loaded"
         if self.batcher is None or not self.batcher.is_alive:
             return False, "the batch worker is not running"
+        stalled_for = self.batcher.stalled_for
+        if stalled_for is not None:
+            return (
+                False,
+                f"the model is stalled: one batch has been computing for {stalled_for:.0f}s",
+            )
         return True, "ok"
 
     def engine(self) -> Engine:
@@ -226,15 +237,20 @@ class ServeState:
         self,
         texts: list[str],
         *,
-        pooling: str,
+        pooling: str | None,
         normalize: bool,
         truncate: bool,
         direction: str = "right",
         disconnected: Disconnect | None = None,
     ) -> tuple[Engine, list[list[float]], int]:
-        """(engine, one vector per input, tokens used)."""
+        """(engine, one vector per input, tokens used).
+
+        ``pooling=None`` means the pooling of the engine that computes the vectors (its
+        config.json's ``pooling``): after a hot swap, the new checkpoint's.
+        """
         self.check_inputs(texts)
         engine = self.engine()
+        pooling = pooling or engine.config.pooling
         encoded: list[Encoded] = await self.in_tokenizer_thread(
             engine.encode_many, texts, truncate=truncate, direction=direction
         )

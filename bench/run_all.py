@@ -10,8 +10,8 @@ import argparse
 import subprocess
 import sys
 
-BENCHES = ("bench_tokenizer", "bench_model", "bench_train", "bench_serve")
-QUICK_CAPABLE = {"bench_model", "bench_train", "bench_serve"}
+BENCHES = ("bench_tokenizer", "bench_model", "bench_train", "bench_serve", "bench_retrieval")
+QUICK_CAPABLE = {"bench_model", "bench_train", "bench_serve", "bench_retrieval"}
 
 
 def main(argv: list[str] | None = None) -> int:

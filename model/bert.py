@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import BertConfig
+from model.config import POOLINGS, BertConfig
 from model.errors import ModelInputError
 
 IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
-POOLINGS = ("mean", "cls")
 # Devices where padded batches run attention one sequence at a time (see _Layout).
 PER_SEQUENCE_ATTENTION_DEVICES = ("cpu",)
 

@@ -2,7 +2,10 @@
 
 The field names and defaults are those of `transformers.BertConfig`, so a HuggingFace
 `config.json` means the same thing here (a key left out of such a file means the HF default),
-plus one field of ours, `norm_position` ("post" = BERT/HF, "pre" = pre-LN with a final LayerNorm).
+plus two fields of ours: `norm_position` ("post" = BERT/HF, "pre" = pre-LN with a final LayerNorm)
+and `pooling` ("mean" or "cls": how the checkpoint was trained to make sentence embeddings, the
+default of servers and evaluations; a HF config.json without it means "mean"). transformers keeps
+unknown keys as plain attributes, so both travel through `transformers.BertConfig` unharmed.
 All validation lives in `__post_init__` and `from_dict`; both raise `ConfigError` naming the field.
 
 Deliberately not handled: HF options that change the architecture (relative position embeddings,
@@ -26,6 +29,7 @@ from model.errors import ConfigError
 # BERT; "gelu_new" and "gelu_pytorch_tanh" are the tanh approximation under two HF names.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 NORM_POSITIONS = ("post", "pre")
+POOLINGS = ("mean", "cls")
 
 # HF config keys that do not change the computation of a BERT encoder with an MLM head: metadata,
 # training-time settings, classification-head settings and generation defaults written by
@@ -140,6 +144,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12  # BERT's value; HF checkpoints were trained with it
     pad_token_id: int | None = 0  # its embedding row gets no gradient (nn.Embedding padding_idx)
     norm_position: str = "post"  # "post": BERT/HF; "pre": LN before each sublayer, final LN
+    pooling: str = "mean"  # sentence-embedding pooling it was trained for; weights unaffected
 
     def __post_init__(self) -> None:
         for name in (
@@ -183,6 +188,8 @@ class BertConfig:
             raise ConfigError(
                 f"BertConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
             )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"BertConfig.pooling must be 'mean' or 'cls', got {self.pooling!r}")
 
     @property
     def head_size(self) -> int:

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -259,8 +258,9 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
         assert name in text, name
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/fill-mask", "/embed", "/v1/embeddings", "/tokenize", "/admin/reload"):
+    for p in ("/fill-mask", "/embed", "/v1/embeddings", "/tokenize"):
         assert p in paths
+    assert "/admin/reload" not in paths  # no admin token configured: not mounted
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -273,9 +273,7 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
         ("/fill-mask", {"inputs": ""}, "empty"),
         ("/fill-mask", {"inputs": "   "}, "empty"),
         ("/fill-mask", {"inputs": []}, "empty"),
-        ("/fill-mask", {"inputs": ["[MASK]"] * 9}, "limit is 8"),
         ("/fill-mask", {"inputs": "[MASK]", "top_k": 0}, "top_k"),
-        ("/fill-mask", {"inputs": "[MASK]", "top_k": 101}, "limit is 100"),
         ("/fill-mask", {"inputs": "[MASK]", "top_k": "five"}, "top_k"),
         ("/fill-mask", {"inputs": "[MASK]", "targets": ["zzzqqq"]}, "zzzqqq"),
         ("/fill-mask", {"inputs": "[MASK]", "targets": []}, "targets"),
@@ -303,23 +301,6 @@ def test_malformed_json_and_unknown_routes_use_the_error_shape(client):
     _error(client.get("/fill-mask"), 405, "MethodNotAllowed")
 
 
-def test_oversized_body_is_413_by_header_and_by_streamed_count(client):
-    big = json.dumps({"inputs": "[MASK] " + "x" * 1_100_000}).encode()
-    _error(
-        client.post("/fill-mask", content=big, headers={"content-type": "application/json"}),
-        413,
-        "PayloadTooLarge",
-    )
-
-    def chunks():  # no Content-Length: the server must count streamed bytes
-        for _ in range(40):
-            yield b"x" * 50_000
-
-    r = client.post("/fill-mask", content=chunks(), headers={"content-type": "application/json"})
-    _error(r, 413, "PayloadTooLarge")
-    assert client.get("/health").status_code == 200
-
-
 def test_no_model_loaded_is_503(checkpoint):
     app = create_app(serve_config(checkpoint))
     client = TestClient(app)  # no `with`: the lifespan never ran, nothing is loaded
@@ -337,7 +318,7 @@ def test_draining_turns_health_503(checkpoint):
         assert "shutting down" in msg
 
 
-# --- overload, deadlines, disconnects (model thread gated) --------------------------------------
+# --- disconnects (model thread gated; overload and deadlines: tests/reliability/) -----------
 
 
 class _Gate:
@@ -363,44 +344,6 @@ class _Gate:
     def __exit__(self, *exc):
         self.release.set()
         self.engine.run_batch = self.original
-
-
-def test_full_queue_is_429_with_retry_after(checkpoint):
-    config = serve_config(checkpoint, max_queue=1, max_wait_ms=0)
-    with TestClient(create_app(config)) as client, ThreadPoolExecutor(4) as pool:
-        engine = client.app.state.serve.registry.current
-        with _Gate(engine) as gate:
-            first = pool.submit(client.post, "/fill-mask", json={"inputs": TEXTS[0]})
-            assert gate.entered.wait(10)  # the model thread is busy with `first`
-            second = pool.submit(client.post, "/fill-mask", json={"inputs": TEXTS[1]})
-            deadline = time.monotonic() + 10
-            while len(client.app.state.serve.batcher) < 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            r = client.post("/embed", json={"inputs": "x"})
-            _error(r, 429, "Overloaded")
-            assert int(r.headers["retry-after"]) >= 1
-            gate.release.set()
-            assert first.result().status_code == 200
-            assert second.result().status_code == 200
-        text = client.get("/metrics").text
-        assert 'bert_dropped_requests_total{reason="overloaded"} 1.0' in text
-        assert 'bert_requests_total{endpoint="/embed",status="429"} 1.0' in text
-
-
-def test_request_past_its_queue_deadline_is_504(checkpoint):
-    config = serve_config(checkpoint, request_timeout_s=0.2, max_wait_ms=0)
-    with TestClient(create_app(config)) as client, ThreadPoolExecutor(2) as pool:
-        engine = client.app.state.serve.registry.current
-        with _Gate(engine) as gate:
-            first = pool.submit(client.post, "/fill-mask", json={"inputs": TEXTS[0]})
-            assert gate.entered.wait(10)
-            _error(client.post("/fill-mask", json={"inputs": TEXTS[1]}), 504, "Timeout")
-            time.sleep(0.3)  # `first` is past its deadline too, but it started: it completes
-            gate.release.set()
-            assert first.result().status_code == 200
-        assert gate.calls == [1]  # the expired request never reached the model
-        assert 'bert_dropped_requests_total{reason="deadline"} 1.0' in client.get("/metrics").text
 
 
 def test_disconnected_client_is_dropped_before_compute(checkpoint):
@@ -507,33 +450,6 @@ def test_lone_surrogates_are_422_not_500(client):
     body = b'{"inputs": "[MASK]", "targets": ["\\udfff"]}'
     r = client.post("/fill-mask", content=body, headers={"content-type": "application/json"})
     _error(r, 422, "Validation")
-
-
-def test_arbitrary_client_input_never_gives_500(client):
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-
-    texts = st.text(max_size=40) | st.text(max_size=40).map(lambda t: t + " [MASK] " + t[::-1])
-    body = st.fixed_dictionaries(
-        {"inputs": texts | st.lists(texts, max_size=4)},
-        optional={
-            "top_k": st.integers(-2, 200),
-            "targets": st.none() | st.lists(st.text(max_size=6), max_size=3),
-            "truncate": st.booleans(),
-        },
-    )
-
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(body=body, path=st.sampled_from(["/fill-mask", "/embed", "/tokenize"]))
-    def check(body, path):
-        if path != "/fill-mask":
-            body = {"inputs": body["inputs"]}
-        r = client.post(path, json=body)
-        assert r.status_code in (200, 422), (r.status_code, r.text, body)
-        if r.status_code == 422:
-            assert r.json()["error_type"] == "Validation"
-
-    check()
 
 
 def test_startup_fails_clearly_on_a_bad_checkpoint(tmp_path):

@@ -1,18 +1,16 @@
-"""ServeConfig sources and validation, the bert-serve CLI, and graceful shutdown."""
+"""ServeConfig sources and validation, and the bert-serve CLI.
+
+Graceful shutdown of a real bert-serve process is tested in
+tests/reliability/test_graceful_shutdown.py.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from app_testing import REPO, build_checkpoint
+from app_testing import REPO
 from pydantic import ValidationError
 
 from app.cli import build_parser, load_config
@@ -121,61 +119,6 @@ def test_cli_flags_map_to_config(tmp_path):
     flags = build_parser().format_help()
     for flag in ("--admin-token-file", "--max-batch-tokens", "--request-timeout-s", "--watch"):
         assert flag in flags
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_bert_serve_process_serves_and_shuts_down_gracefully_on_sigterm(tmp_path):
-    checkpoint = build_checkpoint(tmp_path / "tiny", seed=4)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERT_SERVE_")}
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "--checkpoint",
-            str(checkpoint),
-            "--port",
-            str(port),
-            "--torch-threads",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.2)
-        r = httpx.post(f"{url}/fill-mask", json={"inputs": "the [MASK] ."}, timeout=10)
-        assert r.status_code == 200 and r.headers["x-model-version"].startswith("tiny-")
-        proc.send_signal(signal.SIGTERM)
-        # A graceful stop on SIGTERM is a clean exit (uvicorn alone would re-raise the signal).
-        assert proc.wait(timeout=30) == 0
-        output = proc.stdout.read().decode()
-        assert "Traceback" not in output, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_app_never_imports_training():

@@ -310,6 +310,35 @@ def test_stop_drains_queue_when_given_time():
     run(main())
 
 
+def test_stop_answers_a_batch_still_gathering_company():
+    """A request taken off the queue into a batch that waits for company (max_wait) is neither
+    queued nor computing; stop() must still answer it, and a drain closes that batch at once
+    instead of letting it wait out max_wait."""
+
+    async def main():
+        model = FakeModel()
+        q = BatchQueue(model, max_batch_size=8, max_wait_s=30.0)
+        q.start()
+        caught = q.submit([1], payload="caught")
+        await _until(lambda: len(q) == 0)  # the worker took it and waits for company
+        await q.stop(drain_timeout_s=0.0)
+        with pytest.raises(UnhealthyError):
+            await asyncio.wait_for(q.wait(caught), 2.0)
+        assert model.batches == []
+
+        model = FakeModel()
+        q = BatchQueue(model, max_batch_size=8, max_wait_s=30.0)
+        q.start()
+        drained = q.submit([1], payload="drained")
+        await _until(lambda: len(q) == 0)
+        t0 = time.monotonic()
+        await q.stop(drain_timeout_s=5.0)
+        assert time.monotonic() - t0 < 2.0  # far below max_wait_s
+        assert drained.future.result() == "out:drained"
+
+    run(main())
+
+
 def test_plan_chunks_known_answers():
     assert plan_chunks([]) == []
     assert plan_chunks([5, 6, 7]) == [(0, 3)]

@@ -13,6 +13,7 @@ from train_testing import cli_args
 
 from model import BertForMaskedLM
 from tokenization import WordPieceTokenizer
+from training import checkpointing
 from training.checkpointing import (
     CheckpointManager,
     NonFiniteWeightsError,
@@ -63,9 +64,11 @@ def test_leftovers_of_a_killed_writer_are_never_latest_and_get_cleaned(tmp_path)
     stale = tmp_path / ".tmp-checkpoint-000002-99999"
     stale.mkdir()
     (stale / "payload.txt").write_text("ha")
+    pointer = tmp_path / ".latest.tmp-99999"  # killed between writing and renaming the pointer
+    pointer.write_text("checkpoint-000002\n")
     assert mgr.latest() == good
     CheckpointManager(tmp_path)  # the next run opens the directory
-    assert not stale.exists()
+    assert not stale.exists() and not pointer.exists()
     assert mgr.latest() == good
 
 
@@ -82,6 +85,39 @@ def test_rotation_keeps_the_last_m_and_the_best(tmp_path):
     mgr.save("final", writer("b"), step=6)
     assert (tmp_path / "final" / "payload.txt").read_text() == "b"
     assert mgr.latest().name == "final"
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9: nothing after it runs (not even `except Exception` handlers)."""
+
+
+@pytest.mark.parametrize("killed_at_write", [1, 2])
+def test_a_kill_between_the_two_pointers_never_loses_the_best_checkpoint(
+    tmp_path, monkeypatch, killed_at_write
+):
+    losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: 4.0, 5: 5.0}  # checkpoint 2 is the best of the run
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    mgr.save(mgr.name_for(1), writer("1"), step=1, valid_loss=losses[1])
+    real_write = checkpointing.atomic_write_text
+    writes = {"n": 0}
+
+    def dying_write(path: Path, text: str) -> None:
+        writes["n"] += 1
+        if writes["n"] == killed_at_write:  # the 1st or 2nd pointer update of save(2)
+            raise _Killed
+        real_write(path, text)
+
+    monkeypatch.setattr(checkpointing, "atomic_write_text", dying_write)
+    with pytest.raises(_Killed):
+        mgr.save(mgr.name_for(2), writer("2"), step=2, valid_loss=losses[2])
+    monkeypatch.setattr(checkpointing, "atomic_write_text", real_write)
+    # What the trainer does next: resume from `latest` and save every later checkpoint again.
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    resumed = int(mgr.latest().name.split("-")[1])
+    for step in range(resumed + 1, 6):
+        mgr.save(mgr.name_for(step), writer(str(step)), step=step, valid_loss=losses[step])
+    assert mgr.best() == {"name": "checkpoint-000002", "step": 2, "valid_loss": 1.0}
+    assert (tmp_path / "checkpoint-000002" / "payload.txt").read_text() == "2"
 
 
 def test_non_finite_weights_are_refused():

@@ -4,18 +4,21 @@ Modules, in the order a run uses them:
     config.py         TrainConfig and the YAML + `--key value` loader
     data.py           corpus files -> cached token ids -> packed rows; resumable row order
     masking.py        dynamic 80/10/10 masking (optionally whole-word)
+    pairs.py          (example, definition) pairs of WordNet glosses, leak-free of a holdout
+    contrastive.py    InfoNCE over pooled embeddings: gloss pairs and/or SimCSE, their batches
     schedule.py       warmup + cosine LR over steps or over a wall-clock budget
     trainer.py        the loop (AMP, accumulation, clipping, DDP, non-finite guard)
     checkpointing.py  atomic checkpoint directories, `latest`/`best` pointers, rotation
-    evaluate.py       validation loss / accuracy / perplexity, and `bert-eval`
+    evaluate.py       validation loss / accuracy / perplexity, and `bert-eval` (also retrieval)
+    retrieval.py      example -> definition retrieval metrics, TF-IDF baseline
     metrics.py        metrics.jsonl, TensorBoard, curves.png
     cli.py            `bert-train`
 
 Each checkpoint directory is servable as is (model.save_pretrained + tokenizer.save_pretrained)
 and also holds training_state.pt and training_config.yaml for exact resume and provenance.
 
-Deliberately not here: NSP / sentence-pair objectives, fine-tuning heads, and anything the
-server needs at run time (`app/` never imports this package).
+Deliberately not here: NSP, fine-tuning heads, and anything the server needs at run time
+(`app/` never imports this package; it reads the pooling a run recorded in config.json).
 """
 
 from training.config import TrainConfig, TrainConfigError, load_run_config

@@ -10,10 +10,11 @@ Layout of an output directory::
     DIR/best.json                {"name", "step", "valid_loss"} of the best one by validation loss
 
 A checkpoint is written into `DIR/.tmp-<name>-<pid>/`, every file fsynced, the directory renamed
-to its final name, and only then is the `latest` pointer replaced (itself written to a temporary
-file and renamed). A crash at any point therefore leaves `latest` naming a complete checkpoint,
-and readers never scan for directories, so a half-written one can never be picked up. Leftover
-temporary directories are removed the next time a manager opens the directory.
+to its final name, and only then are the `best.json` and `latest` pointers replaced (each written
+to a temporary file and renamed; `latest` last). A crash at any point therefore leaves `latest`
+naming a complete checkpoint, and readers never scan for directories, so a half-written one can
+never be picked up. Leftover temporary directories and pointer files are removed the next time a
+manager opens the directory.
 
 Rotation keeps the newest `keep_last` periodic checkpoints plus the best one; `final` is never
 rotated. Deliberately not here: what goes into a checkpoint (the trainer passes a writer
@@ -99,6 +100,11 @@ class CheckpointManager:
             for stale in self.root.glob(".tmp-*"):
                 logger.warning("removing incomplete checkpoint %s", stale)
                 shutil.rmtree(stale, ignore_errors=True)
+            # A kill inside atomic_write_text leaves the pointer's temporary file behind.
+            for pointer in (LATEST, BEST):
+                for stale in self.root.glob(f".{pointer}.tmp-*"):
+                    logger.warning("removing unfinished pointer update %s", stale)
+                    stale.unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------------------------
     def latest(self) -> Path | None:
@@ -160,12 +166,15 @@ class CheckpointManager:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        atomic_write_text(self.root / LATEST, name + "\n")
+        # `best` before `latest`: a kill between the two then leaves `latest` on the previous
+        # checkpoint, so a resume saves this one again and `best` stays right. The other order
+        # would resume from here with `best` never updated, and rotation could delete the best.
         if valid_loss is not None:
             best = self.best()
             if best is None or valid_loss < best["valid_loss"] or best["name"] == name:
                 record = {"name": name, "step": step, "valid_loss": valid_loss}
                 atomic_write_text(self.root / BEST, json.dumps(record) + "\n")
+        atomic_write_text(self.root / LATEST, name + "\n")
         self._rotate()
         logger.info("saved checkpoint %s (step %d)", target, step)
         return target

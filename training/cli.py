@@ -5,6 +5,10 @@
         --valid data/wordnet.valid.txt data/pydocs.valid.txt \\
         --output-dir runs/mini --time-budget 45
 
+A second stage (MLM + InfoNCE on WordNet example/definition pairs, from a checkpoint's weights
+and tokenizer): `bert-train --config configs/bert_tiny_embed.yaml --corpus ... --valid ...
+--output-dir runs/embed` (see training/contrastive.py).
+
 Any setting of the config file can be overridden: `--train.lr 1e-3`, `--model.num_hidden_layers 2`,
 or flat `--lr 1e-3` when the name belongs to one section only; `--key=value` works too. Under
 `torchrun --nproc_per_node=N` the same command trains with DDP.

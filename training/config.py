@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ class TrainConfig:
     mask_token_prob: float = 0.8  # of the chosen tokens: 80% [MASK]
     random_token_prob: float = 0.1  # 10% a random token, the remaining 10% left unchanged
     whole_word_masking: bool = False  # mask all `##` pieces of a word together
+    # --- objectives: step loss = mlm_weight * MLM + contrastive_weight * InfoNCE ---
+    mlm_weight: float = 1.0  # 0 = a contrastive-only stage (fill-mask is then left to drift)
+    contrastive_weight: float = 0.0  # 0 = off: plain MLM, bit for bit as without these keys
+    contrastive_data: Literal["pairs", "simcse", "both"] = "pairs"  # see training/contrastive.py
+    contrastive_batch_size: int = 64  # positive pairs per InfoNCE batch (the rest are negatives)
+    contrastive_max_length: int = 64  # tokens per sentence, [CLS] and [SEP] included
+    contrastive_symmetric: bool = True  # also match b -> a (CLIP-style); False = a -> b only
+    temperature: float = 0.05  # SimCSE's value
+    pooling: Literal["mean", "cls"] = "mean"  # recorded in config.json for servers and evals
+    init_from: str | None = None  # checkpoint dir: its weights and tokenizer, a fresh optimizer
     # --- optimisation ---
     batch_size: int = 64  # sequences per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches per optimizer step (larger effective batch)
@@ -132,6 +143,23 @@ class TrainConfig:
         if self.time_budget_minutes is not None:
             _check(self.time_budget_minutes > 0, "time_budget_minutes", self.time_budget_minutes,
                    "> 0 (or null for a step schedule)")  # fmt: skip
+        for name in ("mlm_weight", "contrastive_weight"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        if self.mlm_weight == 0 and self.contrastive_weight == 0:
+            raise TrainConfigError(
+                "train.mlm_weight=0 and train.contrastive_weight=0 leave nothing to train: "
+                "set at least one of them > 0"
+            )
+        _check(self.contrastive_batch_size >= 2, "contrastive_batch_size",
+               self.contrastive_batch_size, ">= 2 (in-batch negatives need a second pair)")  # fmt: skip
+        _check(self.contrastive_max_length >= 3, "contrastive_max_length",
+               self.contrastive_max_length, ">= 3 ([CLS], a token, [SEP])")  # fmt: skip
+        _check(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
+               self.temperature, "a finite number > 0")  # fmt: skip
+        if self.init_from is not None:
+            _check(self.init_from.strip() != "", "init_from", self.init_from,
+                   "a checkpoint directory or null")  # fmt: skip
         if self.precision == "fp16" and self.device == "cpu":
             raise TrainConfigError("precision='fp16' needs CUDA (GradScaler); use 'bf16' on CPU")
 
@@ -214,12 +242,18 @@ def coerce_value(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+# BertConfig fields that the train section sets: `pooling` is chosen with the objective
+# (train.pooling) and only recorded in the model's config.json, so `--pooling` stays unambiguous.
+TRAIN_OWNED_MODEL_FIELDS = frozenset({"pooling"})
+
+
 def model_field_names() -> set[str]:
-    """Names accepted in the `model:` section (the fields of model.BertConfig)."""
+    """Names accepted in the `model:` section (the fields of model.BertConfig but pooling)."""
     from model import BertConfig
 
     if dataclasses.is_dataclass(BertConfig):
-        return {f.name for f in dataclasses.fields(BertConfig) if f.init}
+        names = {f.name for f in dataclasses.fields(BertConfig) if f.init}
+        return names - TRAIN_OWNED_MODEL_FIELDS
     import inspect
 
     return {p for p in inspect.signature(BertConfig).parameters if p != "self"}

@@ -164,6 +164,35 @@ def _encode_documents(path: Path, tokenizer: TokenizerLike) -> TokenizedCorpus:
     return TokenizedCorpus(tokens=tokens, offsets=offsets, source=str(path))
 
 
+def read_token_arrays(target: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(tokens, offsets) from a token cache file, or None when it is absent or damaged (a
+    damaged file is logged and rebuilt by the caller, never trusted)."""
+    if not target.is_file():
+        return None
+    try:
+        with np.load(target) as z:
+            return z["tokens"], z["offsets"]
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("ignoring unreadable token cache %s: %s", target, e)
+        return None
+
+
+def write_token_arrays(target: Path, tokens: np.ndarray, offsets: np.ndarray) -> None:
+    """Write a token cache file under a temporary name and rename it into place: a concurrent
+    reader or a crash never sees a half-written array."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, tokens=tokens, offsets=offsets)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def tokenize_file(
     path: str | os.PathLike[str], tokenizer: TokenizerLike, cache_dir: str | os.PathLike[str] | None
 ) -> TokenizedCorpus:
@@ -176,28 +205,12 @@ def tokenize_file(
     cache = Path(cache_dir)
     key = _cache_key(path, tokenizer_fingerprint(tokenizer))
     target = cache / f"{key}.npz"
-    if target.is_file():
-        try:
-            with np.load(target) as z:
-                corpus = TokenizedCorpus(z["tokens"], z["offsets"], str(path), cache_hit=True)
-            logger.info("token cache hit for %s (%s)", path, target.name)
-            return corpus
-        except (OSError, ValueError, KeyError) as e:  # a damaged cache file is rebuilt
-            logger.warning("ignoring unreadable token cache %s: %s", target, e)
+    cached = read_token_arrays(target)
+    if cached is not None:
+        logger.info("token cache hit for %s (%s)", path, target.name)
+        return TokenizedCorpus(cached[0], cached[1], str(path), cache_hit=True)
     corpus = _encode_documents(path, tokenizer)
-    cache.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed: a concurrent reader or a crash never sees a
-    # half-written array.
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, tokens=corpus.tokens, offsets=corpus.offsets)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_token_arrays(target, corpus.tokens, corpus.offsets)
     info = {"source": str(path), "tokens": corpus.num_tokens, "documents": corpus.num_documents}
     (cache / f"{key}.json").write_text(json.dumps(info) + "\n", encoding="utf-8")
     logger.info("tokenized %s: %d documents, %d tokens", path, info["documents"], info["tokens"])

@@ -8,6 +8,13 @@ checkpoints and across runs. Loss is the mean cross-entropy over all masked toke
     bert-eval --checkpoint runs/mini/final --corpus data/wordnet.valid.txt
     {"loss": 3.41, "accuracy": 0.402, "perplexity": 30.3, "masked_tokens": 61234, "rows": 4096, ...}
 
+`--task retrieval` scores sentence embeddings instead (see `training/retrieval.py`): every usage
+example of a WordNet-style file must find its own definition; recall@1, recall@10 and MRR are
+printed beside a TF-IDF baseline computed on the same pairs, with the ratio ours / TF-IDF.
+
+    bert-eval --task retrieval --checkpoint checkpoints/default --corpus data/wordnet.valid.txt
+    {"task": "retrieval", "pooling": "mean", "ours": {"recall@1": ...}, "tfidf": {...}, ...}
+
 Deliberately not here: downstream (GLUE-style) evaluation, and masking with a different policy
 than training's (the masking settings are read from the checkpoint's training_config.yaml).
 """
@@ -31,7 +38,14 @@ import torch.nn.functional as F
 from training.data import LineDataset, PackedDataset, build_dataset, load_corpus
 from training.masking import MaskingSpec, mask_batch
 
-__all__ = ["eval_row_indices", "evaluate_mlm", "main"]
+__all__ = [
+    "checkpoint_pooling",
+    "eval_row_indices",
+    "evaluate_checkpoint_mlm",
+    "evaluate_checkpoint_retrieval",
+    "evaluate_mlm",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +136,139 @@ def _read_training_config(checkpoint: Path) -> dict[str, Any]:
     return {}
 
 
+def checkpoint_pooling(checkpoint: Path) -> str:
+    """The pooling a checkpoint was trained with (`pooling` in its config.json), else "mean"."""
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"  # loading the model reports a missing or broken config properly
+    pooling = config.get("pooling", "mean") if isinstance(config, dict) else "mean"
+    if pooling not in ("mean", "cls"):
+        raise ValueError(
+            f"{checkpoint}/config.json: pooling must be 'mean' or 'cls', got {pooling!r}"
+        )
+    return pooling
+
+
+def evaluate_checkpoint_mlm(
+    checkpoint: Path,
+    corpus: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_rows: int = 0,
+    seed: int | None = None,
+    max_seq_length: int | None = None,
+    line_by_line: bool = False,
+    cache_dir: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """What `bert-eval --task mlm` prints: `evaluate_mlm` of a checkpoint directory on files.
+
+    Settings left at None come from the checkpoint's training_config.yaml (sequence length,
+    packing, masking policy and seed, token cache), so a run and its later evaluations use the
+    same rows and masks. Raises ValueError / OSError for an unreadable checkpoint or corpus.
+    """
+    from model import BertForMaskedLM
+    from tokenization import WordPieceTokenizer
+
+    model = BertForMaskedLM.from_pretrained(checkpoint, map_location=device)
+    tokenizer = WordPieceTokenizer.from_pretrained(checkpoint)
+    train_cfg = _read_training_config(checkpoint)
+    seq_len = max_seq_length or int(train_cfg.get("max_seq_length", 128))
+    packing = bool(train_cfg.get("packing", True)) and not line_by_line
+    seed = seed if seed is not None else int(train_cfg.get("eval_seed", 1234))
+    cache_dir = cache_dir or train_cfg.get("cache_dir")
+    spec = MaskingSpec.from_vocab(
+        tokenizer.vocab,
+        tokenizer.special_ids,
+        tokenizer.mask_token_id,
+        mlm_probability=float(train_cfg.get("mlm_probability", 0.15)),
+        mask_token_prob=float(train_cfg.get("mask_token_prob", 0.8)),
+        random_token_prob=float(train_cfg.get("random_token_prob", 0.1)),
+        whole_word=bool(train_cfg.get("whole_word_masking", False)),
+    )
+    corpora = load_corpus(list(corpus), tokenizer, cache_dir)
+    dataset = build_dataset(corpora, tokenizer, seq_len=seq_len, packing=packing)
+    model.to(device)
+    metrics: dict[str, Any] = evaluate_mlm(
+        model, dataset, spec, batch_size=batch_size, max_rows=max_rows, seed=seed, device=device
+    )
+    metrics.update(checkpoint=str(checkpoint), seed=seed, max_seq_length=seq_len)
+    return metrics
+
+
+def evaluate_checkpoint_retrieval(
+    checkpoint: Path,
+    corpus: Sequence[str],
+    *,
+    pooling: str | None = None,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """What `bert-eval --task retrieval` prints: our retrieval metrics and TF-IDF's on the
+    example -> definition pairs of `corpus`, side by side, with ratios ours / TF-IDF.
+
+    pooling=None uses the checkpoint's own (`checkpoint_pooling`). Raises ValueError when the
+    files hold no gloss with a usage example.
+    """
+    from model import BertForMaskedLM
+    from tokenization import WordPieceTokenizer
+    from training.pairs import retrieval_set
+    from training.retrieval import evaluate_retrieval, tfidf_retrieval
+
+    rset = retrieval_set(corpus)
+    if not rset.queries:
+        raise ValueError(
+            f"no example/definition pairs in {', '.join(map(str, corpus))}: retrieval needs "
+            "WordNet-style gloss lines ('lemma, lemma: definition. Usage example.')"
+        )
+    pooling = pooling or checkpoint_pooling(checkpoint)
+    model = BertForMaskedLM.from_pretrained(checkpoint, map_location=device)
+    tokenizer = WordPieceTokenizer.from_pretrained(checkpoint)
+    seq_len = max_seq_length or int(_read_training_config(checkpoint).get("max_seq_length", 128))
+    ours = evaluate_retrieval(
+        model,
+        tokenizer,
+        rset,
+        pooling=pooling,
+        batch_size=batch_size,
+        max_length=seq_len,
+        device=device,
+    )
+    tfidf = tfidf_retrieval(rset)
+    metric_names = [k for k in tfidf if k.startswith("recall@") or k == "mrr"]
+    return {
+        "task": "retrieval",
+        "checkpoint": str(checkpoint),
+        "corpus": [str(c) for c in corpus],
+        "pooling": pooling,
+        "max_seq_length": seq_len,
+        "queries": len(rset.queries),
+        "candidates": len(rset.candidates),
+        "ours": {k: ours[k] for k in metric_names},
+        "tfidf": {k: tfidf[k] for k in metric_names},
+        # None, not inf, when TF-IDF scores 0: JSON has no infinity.
+        "ratio_to_tfidf": {k: ours[k] / tfidf[k] if tfidf[k] else None for k in metric_names},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`bert-eval`: print validation MLM metrics of a checkpoint directory as JSON."""
+    """`bert-eval`: print validation metrics of a checkpoint directory as JSON.
+
+    --task mlm (default): MLM loss / accuracy / perplexity; --task retrieval: example ->
+    definition retrieval with our embeddings and a TF-IDF baseline.
+    """
     parser = argparse.ArgumentParser(
         prog="bert-eval",
         description="MLM loss, masked-token accuracy and perplexity of a checkpoint on a corpus, "
-        "with fixed per-row masks (comparable across checkpoints and runs). Prints JSON.",
+        "with fixed per-row masks (comparable across checkpoints and runs); or, with --task "
+        "retrieval, example->definition retrieval (recall@1/10, MRR) of its sentence embeddings "
+        "beside a TF-IDF baseline on the same pairs. Prints JSON.",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--corpus", required=True, nargs="+", help=".txt or .jsonl files")
+    parser.add_argument("--task", choices=("mlm", "retrieval"), default="mlm")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-rows", type=int, default=0, help="evaluate at most N rows (0=all)")
     parser.add_argument("--seed", type=int, default=None, help="masking seed (default: the run's)")
@@ -139,46 +277,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--line-by-line", action="store_true", help="one row per document (default: as trained)"
     )
     parser.add_argument("--cache-dir", default=None, help="token cache (default: the run's)")
+    parser.add_argument(
+        "--pooling",
+        choices=("mean", "cls"),
+        default=None,
+        help="retrieval: sentence pooling (default: the checkpoint's, else mean)",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from model import BertForMaskedLM
-    from tokenization import WordPieceTokenizer
-
     try:
-        model = BertForMaskedLM.from_pretrained(args.checkpoint, map_location=args.device)
-        tokenizer = WordPieceTokenizer.from_pretrained(args.checkpoint)
-        train_cfg = _read_training_config(args.checkpoint)
-        seq_len = args.max_seq_length or int(train_cfg.get("max_seq_length", 128))
-        packing = bool(train_cfg.get("packing", True)) and not args.line_by_line
-        seed = args.seed if args.seed is not None else int(train_cfg.get("eval_seed", 1234))
-        cache_dir = args.cache_dir or train_cfg.get("cache_dir")
-        spec = MaskingSpec.from_vocab(
-            tokenizer.vocab,
-            tokenizer.special_ids,
-            tokenizer.mask_token_id,
-            mlm_probability=float(train_cfg.get("mlm_probability", 0.15)),
-            mask_token_prob=float(train_cfg.get("mask_token_prob", 0.8)),
-            random_token_prob=float(train_cfg.get("random_token_prob", 0.1)),
-            whole_word=bool(train_cfg.get("whole_word_masking", False)),
-        )
-        corpora = load_corpus(args.corpus, tokenizer, cache_dir)
-        dataset = build_dataset(corpora, tokenizer, seq_len=seq_len, packing=packing)
+        if args.task == "retrieval":
+            metrics = evaluate_checkpoint_retrieval(
+                args.checkpoint,
+                args.corpus,
+                pooling=args.pooling,
+                batch_size=args.batch_size,
+                max_seq_length=args.max_seq_length,
+                device=args.device,
+            )
+        else:
+            metrics = evaluate_checkpoint_mlm(
+                args.checkpoint,
+                args.corpus,
+                batch_size=args.batch_size,
+                max_rows=args.max_rows,
+                seed=args.seed,
+                max_seq_length=args.max_seq_length,
+                line_by_line=args.line_by_line,
+                cache_dir=args.cache_dir,
+                device=args.device,
+            )
     except (ValueError, OSError) as e:
         print(f"bert-eval: error: {e}", file=sys.stderr)
         return 2
-    model.to(args.device)
-    metrics = evaluate_mlm(
-        model,
-        dataset,
-        spec,
-        batch_size=args.batch_size,
-        max_rows=args.max_rows,
-        seed=seed,
-        device=args.device,
-    )
-    metrics.update(checkpoint=str(args.checkpoint), seed=seed, max_seq_length=seq_len)
     print(json.dumps(metrics, indent=2))
     return 0
 

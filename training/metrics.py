@@ -78,25 +78,55 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 
 def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
-    """Draw train/valid loss (left) and masked-token accuracy (right) into `out_path`."""
+    """Draw MLM loss (left) and masked-token accuracy (middle) into `out_path`; runs with a
+    contrastive objective get a third panel (InfoNCE loss and valid retrieval recall@1/MRR).
+
+    The train MLM curve is `train_mlm_loss` when logged (joint runs, whose `train_loss` is the
+    weighted sum of both objectives), else `train_loss`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label, ax in (
-        ("train_loss", "train", ax_loss),
+    contrastive = bool(_series(records, "train_contrastive_loss")[0])
+    fig, axes = plt.subplots(1, 3 if contrastive else 2, figsize=(16 if contrastive else 11, 4))
+    ax_loss, ax_acc = axes[0], axes[1]
+    train_mlm = "train_mlm_loss" if _series(records, "train_mlm_loss")[0] else "train_loss"
+    panels = [
+        (train_mlm, "train", ax_loss),
         ("valid_loss", "valid", ax_loss),
         ("train_accuracy", "train", ax_acc),
         ("valid_accuracy", "valid", ax_acc),
-    ):
+    ]
+    if contrastive:
+        ax_nce = axes[2]
+        ax_ret = ax_nce.twinx()
+        panels += [
+            ("train_contrastive_loss", "train InfoNCE (left)", ax_nce),
+            ("valid_retrieval_recall_at_1", "valid recall@1 (right)", ax_ret),
+            ("valid_retrieval_mrr", "valid MRR (right)", ax_ret),
+        ]
+    # Fixed colours: the contrastive panel's two y axes would otherwise restart the cycle.
+    colours = {"train_contrastive_loss": "C2", "valid_retrieval_recall_at_1": "C3"}
+    for key, label, ax in panels:
         steps, values = _series(records, key)
         if steps:
-            ax.plot(steps, values, label=label, marker="o" if len(steps) < 30 else None)
+            ax.plot(
+                steps,
+                values,
+                label=label,
+                marker="o" if len(steps) < 30 else None,
+                color=colours.get(key, "C0" if label == "train" else "C1"),
+            )
     ax_loss.set(title="MLM loss", xlabel="step", ylabel="cross-entropy")
     ax_acc.set(title="masked-token accuracy", xlabel="step", ylabel="accuracy")
+    if contrastive:
+        ax_nce.set(title="contrastive stage", xlabel="step", ylabel="InfoNCE loss")
+        ax_ret.set(ylabel="retrieval")
+        ax_ret.plot([], [], color="C2", label="train InfoNCE (left)")  # one legend for both axes
+        ax_ret.legend(loc="center right")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

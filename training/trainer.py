@@ -1,4 +1,5 @@
-"""The MLM pretraining loop: one readable loop, DDP-aware, resumable bit for bit on CPU.
+"""The pretraining loop (MLM, optionally plus InfoNCE): one readable loop, DDP-aware, resumable
+bit for bit on CPU.
 
 `run_training(...)` is the whole job behind `bert-train`: set up (DDP from the environment,
 tokenizer, cached data, model, optimizer), then `Trainer.train()` runs the loop::
@@ -9,20 +10,30 @@ tokenizer, cached data, model, optimizer), then `Trainer.train()` runs the loop:
             rows = RowOrder.rows(global position)    # resumable data position
             ids, labels = mask_batch(rows, seeded by the position)   # fresh mask each epoch
             loss = model(ids, labels=labels, prediction_mask=labels != -100).loss  # sparse head
-            backward (DDP syncs on the last micro-batch only)
+            backward(mlm_weight * loss)                 # (skipped when mlm_weight is 0)
+            if contrastive_weight > 0:                  # training/contrastive.py
+                a, b = ContrastiveData.batch(its streams' positions)   # positive pairs
+                backward(contrastive_weight * InfoNCE(pool(model(a)), pool(model(b))))
+            (DDP syncs in the last backward of the last micro-batch only)
         non-finite loss? -> skip the step, count it, abort after N in a row
         unscale, clip, step, zero grads
         log / evaluate / checkpoint (rank 0 writes; everyone else waits at a barrier)
 
-Exactness: every random choice is either seeded from the data position (row order, masks) or
-drawn from the torch RNG, whose state is checkpointed with the optimizer and scheduler; on CPU a
-run of K steps equals k steps + resume + (K - k) steps bit for bit.
+Exactness: every random choice is either seeded from the data position (row order, masks, the
+contrastive streams' order) or drawn from the torch RNG, whose state is checkpointed with the
+optimizer and scheduler; on CPU a run of K steps equals k steps + resume + (K - k) steps bit for
+bit, with or without the contrastive objective. `train.init_from` starts a run (a second stage)
+from another checkpoint's weights and tokenizer with a fresh optimizer and schedule.
 
 Distributed: launched by torchrun (`RANK`/`WORLD_SIZE` set), each process takes its share of
 every global batch (micro-batch j of rank r reads rows at `cursor + (j * world + r) * batch`), so
 N processes with accumulation a see exactly the rows of one process with accumulation N * a.
 Per-step scalars (loss, stop request, elapsed time) are all-reduced so every rank takes the same
-decisions.
+decisions. Contrastive micro-batches are split the same way; each rank contrasts its own.
+
+Each evaluation measures the valid MLM loss and, when the valid files hold WordNet glosses,
+retrieval recall@k / MRR of their example -> definition pairs with the run's pooling. The best
+checkpoint is the lowest valid MLM loss (or, with mlm_weight 0, the highest MRR).
 
 Deliberately not here: data-loader worker processes (batches are gathered from an in-memory
 array in well under a millisecond), gradient checkpointing, and FSDP.
@@ -52,6 +63,12 @@ import yaml
 
 from training.checkpointing import CheckpointManager, assert_finite_weights
 from training.config import TrainConfig, TrainConfigError, coerce_value
+from training.contrastive import (
+    ContrastiveData,
+    build_contrastive_data,
+    check_objective,
+    contrastive_loss,
+)
 from training.data import (
     LineDataset,
     PackedDataset,
@@ -63,6 +80,7 @@ from training.data import (
 from training.evaluate import evaluate_mlm
 from training.masking import MaskingSpec, mask_batch
 from training.metrics import MetricsLogger, plot_curves
+from training.pairs import RetrievalSet, gloss_files, retrieval_set
 from training.schedule import LRSchedule
 
 __all__ = [
@@ -116,6 +134,8 @@ class StepStats:
     train_accuracy: float | None  # masked-token accuracy of the last micro-batch, if asked
     stop_requested: bool  # some rank got SIGINT/SIGTERM
     elapsed: float  # agreed session seconds after the step
+    mlm_loss: float | None = None  # unweighted parts of `loss` (None: that objective is off)
+    contrastive_loss: float | None = None
 
 
 @dataclass
@@ -250,11 +270,89 @@ def build_model_config(model_section: dict[str, Any], vocab_size: int, cfg: Trai
     if requested is not None and requested != vocab_size:
         logger.info("model.vocab_size %s -> %d (the tokenizer's size)", requested, vocab_size)
     values["vocab_size"] = vocab_size
+    values["pooling"] = cfg.pooling  # recorded in config.json: servers embed the same way
     config = BertConfig(**values)
     if cfg.max_seq_length > config.max_position_embeddings:
         raise TrainConfigError(
             f"train.max_seq_length={cfg.max_seq_length} exceeds "
             f"model.max_position_embeddings={config.max_position_embeddings}"
+        )
+    return config
+
+
+# Model settings a second stage may change: regularisation, not shape (SimCSE needs dropout even
+# when the first stage had none).
+INIT_FROM_ADJUSTABLE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob"})
+
+
+def init_checkpoint(cfg: TrainConfig, vocab: str | os.PathLike[str] | None) -> Path | None:
+    """`train.init_from` as a checked directory (None when unset).
+
+    It must hold a model config and a tokenizer; a `--vocab` given as well must be the same
+    vocabulary, since the weights' embedding rows belong to that checkpoint's token ids.
+    """
+    if cfg.init_from is None:
+        return None
+    from tokenization import WordPieceTokenizer
+
+    directory = Path(cfg.init_from)
+    for name, what in (("config.json", "model config"), ("vocab.txt", "tokenizer")):
+        if not (directory / name).is_file():
+            raise TrainConfigError(
+                f"train.init_from={cfg.init_from!r} is not a checkpoint directory: "
+                f"no {name} ({what}) in it"
+            )
+    if vocab is not None:
+        given = WordPieceTokenizer.from_pretrained(vocab)
+        own = WordPieceTokenizer.from_pretrained(directory)
+        if given.vocab != own.vocab or given.lowercase != own.lowercase:
+            raise TrainConfigError(
+                f"--vocab {vocab} is not the vocabulary of train.init_from={cfg.init_from!r} "
+                f"({given.vocab_size} vs {own.vocab_size} tokens, lowercase {given.lowercase} "
+                f"vs {own.lowercase}); leave --vocab out: init_from brings its own tokenizer"
+            )
+    return directory
+
+
+def init_model_config(
+    directory: Path, model_section: dict[str, Any], vocab_size: int, cfg: TrainConfig
+) -> Any:
+    """The BertConfig of an init_from run: the checkpoint's, with this run's pooling.
+
+    Shape settings in the model section must equal the checkpoint's (TrainConfigError names the
+    first that does not); only dropout may differ.
+    """
+    import dataclasses
+    import typing
+
+    from model import BertConfig, ConfigError
+
+    try:
+        base = BertConfig.from_json_file(directory / "config.json")
+    except ConfigError as e:
+        raise TrainConfigError(f"train.init_from: {e}") from None
+    hints = typing.get_type_hints(BertConfig)
+    changes: dict[str, Any] = {}
+    for key, raw in model_section.items():
+        value = coerce_value(f"model.{key}", raw, hints[key])
+        if key in INIT_FROM_ADJUSTABLE:
+            changes[key] = value
+        elif value != getattr(base, key):
+            raise TrainConfigError(
+                f"model.{key}={value!r} does not match the init_from checkpoint {directory} "
+                f"({key}={getattr(base, key)!r}): a run started from a checkpoint keeps its "
+                f"shape and vocabulary; leave {key} out of the model section"
+            )
+    if vocab_size > base.vocab_size:
+        raise TrainConfigError(
+            f"the init_from checkpoint {directory} has a {vocab_size}-token tokenizer but only "
+            f"{base.vocab_size} embedding rows"
+        )
+    config = dataclasses.replace(base, pooling=cfg.pooling, **changes)
+    if cfg.max_seq_length > config.max_position_embeddings:
+        raise TrainConfigError(
+            f"train.max_seq_length={cfg.max_seq_length} exceeds the init_from checkpoint's "
+            f"max_position_embeddings={config.max_position_embeddings}"
         )
     return config
 
@@ -332,9 +430,14 @@ class Trainer:
         output_dir: str | os.PathLike[str],
         info: DistInfo | None = None,
         provenance: dict[str, Any] | None = None,
+        contrastive: ContrastiveData | None = None,
+        retrieval: RetrievalSet | None = None,
     ) -> None:
         from model import BertForMaskedLM
 
+        check_objective(model_config, cfg)
+        if (cfg.contrastive_weight > 0) != (contrastive is not None):
+            raise ValueError("contrastive data must be given exactly when contrastive_weight > 0")
         self.cfg = cfg
         self.info = info or DistInfo(device=torch.device("cpu"))
         self.device = self.info.device
@@ -349,7 +452,14 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = BertForMaskedLM(model_config).to(self.device)
+        if cfg.init_from is not None:  # a later stage: these weights, a fresh optimizer
+            start = BertForMaskedLM.from_pretrained(cfg.init_from, map_location=self.device)
+            self.model.load_state_dict(start.state_dict())
+            del start
+            logger.info("initialised the weights from %s", cfg.init_from)
         self.model.train()
+        self.contrastive = contrastive
+        self.retrieval = retrieval  # valid pairs scored at each evaluation
         self.optimizer = torch.optim.AdamW(
             self.model.optimizer_param_groups(cfg.weight_decay),
             lr=cfg.lr,
@@ -371,6 +481,8 @@ class Trainer:
         self.manager = CheckpointManager(self.output_dir, cfg.keep_last, writer=self.info.is_main)
         self.step = 0
         self.cursor = 0  # rows consumed by the whole run (all ranks): the data position
+        # The same for each contrastive stream (pairs, simcse).
+        self.contrastive_cursor = {s: 0 for s in contrastive.per_batch} if contrastive else {}
         self.skipped_steps = 0
         self.consecutive_nonfinite = 0
         self.train_time_s = 0.0  # seconds spent in training steps over all sessions
@@ -386,6 +498,7 @@ class Trainer:
             "format": STATE_FORMAT,
             "step": self.step,
             "cursor": self.cursor,
+            "contrastive_cursor": dict(self.contrastive_cursor),
             "skipped_steps": self.skipped_steps,
             "train_time_s": self.train_time_s,
             "optimizer": self.optimizer.state_dict(),
@@ -396,19 +509,27 @@ class Trainer:
             "last_valid": self.last_valid,
         }
 
-    def run_config(self) -> dict[str, Any]:
+    def run_config(self, elapsed_s: float | None = None) -> dict[str, Any]:
+        """training_config.yaml: the recipe (usable as --config again) and the run's provenance.
+
+        `run.train_time_s` (seconds in training steps) and `run.elapsed_s` (wall clock of the run,
+        evaluations and checkpoints included, over all sessions) give the cost of the stage.
+        """
         import dataclasses
 
-        return {
-            "model": dataclasses.asdict(self.model_config),
-            "train": self.cfg.to_dict(),
-            "run": {
-                **self.provenance,
-                "world_size": self.info.world_size,
-                "precision": self.precision,
-                "torch": str(torch.__version__),
-            },
+        model = dataclasses.asdict(self.model_config)
+        model.pop("pooling", None)  # a train setting (train.pooling); config.json records it
+        run = {
+            **self.provenance,
+            "world_size": self.info.world_size,
+            "precision": self.precision,
+            "torch": str(torch.__version__),
+            "step": self.step,
+            "train_time_s": round(self.train_time_s, 1),
         }
+        if elapsed_s is not None:
+            run["elapsed_s"] = round(elapsed_s, 1)
+        return {"model": model, "train": self.cfg.to_dict(), "run": run}
 
     def save(self, name: str, elapsed_s: float) -> Path | None:
         """Rank 0 writes `name` atomically; every rank returns after it is published."""
@@ -416,7 +537,7 @@ class Trainer:
         if self.info.is_main:
             assert_finite_weights(self.model)  # non-finite weights are never written
             state = self.training_state(elapsed_s)
-            config_text = yaml.safe_dump(self.run_config(), sort_keys=False)
+            config_text = yaml.safe_dump(self.run_config(elapsed_s), sort_keys=False)
 
             def write(tmp: Path) -> None:
                 self.model.save_pretrained(tmp)
@@ -426,7 +547,7 @@ class Trainer:
 
             # Only a validation loss measured at this very step may make this checkpoint "best".
             fresh = self.last_valid is not None and self._valid_step == self.step
-            loss = self.last_valid["loss"] if fresh and self.last_valid else None
+            loss = self.selection_loss(self.last_valid) if fresh and self.last_valid else None
             path = self.manager.save(name, write, step=self.step, valid_loss=loss)
         _barrier(self.info)
         return path
@@ -445,6 +566,9 @@ class Trainer:
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.cursor = int(state["step"]), int(state["cursor"])
+        saved = state.get("contrastive_cursor") or {}
+        for stream in self.contrastive_cursor:
+            self.contrastive_cursor[stream] = int(saved.get(stream, 0))
         self.skipped_steps = int(state["skipped_steps"])
         self.train_time_s = float(state.get("train_time_s", 0.0))
         self.last_valid = state.get("last_valid")
@@ -477,10 +601,42 @@ class Trainer:
                 device=self.device,
                 autocast=self.autocast,
             )
+            metrics.update(self.evaluate_retrieval())
             self.last_valid = metrics
             self._valid_step = self.step
         _barrier(self.info)
         return metrics
+
+    def evaluate_retrieval(self) -> dict[str, float]:
+        """recall@k and MRR of the valid pairs (example -> its definition), with the run's pooling.
+
+        Eval mode and no_grad, no random draws: it never changes what training does next.
+        """
+        if self.retrieval is None:
+            return {}
+        from training.retrieval import evaluate_retrieval
+
+        with self.autocast:
+            found = evaluate_retrieval(
+                self.model,
+                self.tokenizer,
+                self.retrieval,
+                pooling=self.cfg.pooling,
+                device=self.device,
+            )
+        return {
+            "retrieval_" + key.replace("@", "_at_"): float(value)
+            for key, value in found.items()
+            if key.startswith("recall@") or key == "mrr"
+        }
+
+    def selection_loss(self, valid: dict[str, float]) -> float | None:
+        """What the best checkpoint minimises: the valid MLM loss, or, in a contrastive-only
+        run (mlm_weight 0, where MLM may drift), 1 - retrieval MRR; None when unmeasured."""
+        if self.cfg.mlm_weight > 0:
+            return valid["loss"]
+        mrr = valid.get("retrieval_mrr")
+        return None if mrr is None else 1.0 - mrr
 
     # -- one micro-batch --------------------------------------------------------------------------
     def micro_batch(self, start: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -497,6 +653,20 @@ class Trainer:
             torch.from_numpy(inp).to(dev, non_blocking=True),
             attention,
             torch.from_numpy(labels).to(dev, non_blocking=True),
+        )
+
+    def contrastive_batch(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contrastive ids and attention mask (2B, T) of micro-batch `slot` of this step."""
+        assert self.contrastive is not None
+        starts = {
+            stream: self.contrastive_cursor[stream] + slot * n
+            for stream, n in self.contrastive.per_batch.items()
+        }
+        ids, attn = self.contrastive.batch(starts)
+        dev = self.device
+        return (
+            torch.from_numpy(ids).to(dev, non_blocking=True),
+            torch.from_numpy(attn).to(dev, non_blocking=True),
         )
 
     # -- one optimizer step -----------------------------------------------------------------------
@@ -520,34 +690,72 @@ class Trainer:
         lr = self.schedule.lr(self.step, elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        mlm_on, nce_on = cfg.mlm_weight > 0, self.contrastive is not None
         step_loss = torch.zeros((), device=self.device)
+        parts = torch.zeros(2, device=self.device)  # unweighted MLM and InfoNCE, step means
         step_tokens = 0
         train_acc = None
-        for j in range(accum):
-            start = self.cursor + (j * info.world_size + info.rank) * B
-            input_ids, attention, labels = self.micro_batch(start)
-            pmask = labels.ne(-100)
-            # DDP all-reduces gradients on the last micro-batch only.
-            sync = not info.distributed or j == accum - 1
-            with contextlib.nullcontext() if sync else step_model.no_sync():
-                with self.autocast:
-                    out = step_model(
-                        input_ids, attention_mask=attention, labels=labels, prediction_mask=pmask
-                    )
-                loss = out.loss / accum
-                self.scaler.scale(loss).backward()
-            step_loss += loss.detach().float()
-            step_tokens += input_ids.numel() if attention is None else int(attention.sum())
-            if want_accuracy and j == accum - 1:
-                with torch.no_grad():
-                    train_acc = (out.logits.argmax(-1) == labels[pmask]).float().mean().item()
-        self.cursor += info.world_size * accum * B
 
-        # One all-reduce carries what every rank must agree on: loss, stop request, clock.
+        def sync_if(final_backward: bool) -> contextlib.AbstractContextManager[Any]:
+            # DDP all-reduces gradients in the last backward of the last micro-batch only.
+            if not info.distributed or final_backward:
+                return contextlib.nullcontext()
+            return step_model.no_sync()  # type: ignore[operator]
+
+        for j in range(accum):
+            slot = j * info.world_size + info.rank
+            last = j == accum - 1
+            if mlm_on:
+                input_ids, attention, labels = self.micro_batch(self.cursor + slot * B)
+                pmask = labels.ne(-100)
+                with sync_if(last and not nce_on):
+                    with self.autocast:
+                        out = step_model(
+                            input_ids,
+                            attention_mask=attention,
+                            labels=labels,
+                            prediction_mask=pmask,
+                        )
+                    loss = out.loss * cfg.mlm_weight / accum  # x * 1.0 is exact: weight 1 = MLM
+                    self.scaler.scale(loss).backward()
+                step_loss += loss.detach().float()
+                parts[0] += out.loss.detach().float() / accum
+                step_tokens += input_ids.numel() if attention is None else int(attention.sum())
+                if want_accuracy and last:
+                    with torch.no_grad():
+                        train_acc = (out.logits.argmax(-1) == labels[pmask]).float().mean().item()
+            if nce_on:
+                ids, attn = self.contrastive_batch(slot)
+                with sync_if(last):
+                    with self.autocast:
+                        nce = contrastive_loss(
+                            step_model,
+                            ids,
+                            attn,
+                            pooling=cfg.pooling,
+                            temperature=cfg.temperature,
+                            symmetric=cfg.contrastive_symmetric,
+                        )
+                    loss = nce * cfg.contrastive_weight / accum
+                    self.scaler.scale(loss).backward()
+                step_loss += loss.detach().float()
+                parts[1] += nce.detach().float() / accum
+                step_tokens += int(attn.sum())
+        if mlm_on:
+            self.cursor += info.world_size * accum * B
+        if self.contrastive is not None:
+            for stream, n in self.contrastive.per_batch.items():
+                self.contrastive_cursor[stream] += info.world_size * accum * n
+
+        # One all-reduce carries what every rank must agree on: loss, stop request, clock (and
+        # the loss's two parts, for the logs).
         shared = torch.tensor(
-            [0.0, float(stop_requested), clock()], device=self.device, dtype=torch.float32
+            [0.0, float(stop_requested), clock(), 0.0, 0.0],
+            device=self.device,
+            dtype=torch.float32,
         )
         shared[0] = step_loss
+        shared[3:] = parts
         if info.distributed:
             dist.all_reduce(shared)
             shared /= info.world_size
@@ -588,6 +796,8 @@ class Trainer:
             train_accuracy=train_acc,
             stop_requested=float(shared[1]) > 0,
             elapsed=float(shared[2]),
+            mlm_loss=float(shared[3]) if mlm_on else None,
+            contrastive_loss=float(shared[4]) if nce_on else None,
         )
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -632,6 +842,7 @@ class Trainer:
         rows_per_step = info.world_size * cfg.grad_accum_steps * cfg.batch_size
         first_loss = last_loss = None
         window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
+        window_parts = {"mlm": 0.0, "contrastive": 0.0}
         session_tokens, session_time = 0, 0.0
         last_ckpt: Path | None = self.manager.latest() if info.is_main else None
         finished = False
@@ -671,6 +882,8 @@ class Trainer:
                 if st.finite:
                     window_loss += st.loss
                     window_n += 1
+                    window_parts["mlm"] += st.mlm_loss or 0.0
+                    window_parts["contrastive"] += st.contrastive_loss or 0.0
                 if self.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
                     if metrics is not None:
                         metrics.close()
@@ -697,6 +910,10 @@ class Trainer:
                     }
                     if train_acc is not None:
                         record["train_accuracy"] = train_acc
+                    if self.contrastive is not None and window_n:  # the loss's two parts
+                        if cfg.mlm_weight > 0:
+                            record["train_mlm_loss"] = window_parts["mlm"] / window_n
+                        record["train_contrastive_loss"] = window_parts["contrastive"] / window_n
                     if window_n:
                         last_loss = record["train_loss"]
                         if first_loss is None:
@@ -704,12 +921,16 @@ class Trainer:
                     if metrics is not None:
                         metrics.log(self.step, record)
                     if bar is not None:
+                        shown = {"loss": f"{record['train_loss']:.3f}"}
+                        parts = {"mlm": "train_mlm_loss", "nce": "train_contrastive_loss"}
+                        for short, key in parts.items():
+                            if key in record:
+                                shown[short] = f"{record[key]:.3f}"
                         bar.set_postfix(
-                            loss=f"{record['train_loss']:.3f}",
-                            lr=f"{lr:.2e}",
-                            tok_s=f"{record['tokens_per_s']:.0f}",
+                            **shown, lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
                         )
                     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
+                    window_parts = {"mlm": 0.0, "contrastive": 0.0}
                 if bar is not None:
                     if time_mode:
                         bar.update(max(0, int(self.schedule.elapsed_offset + elapsed) - bar.n))
@@ -790,29 +1011,53 @@ def run_training(
         _barrier(info)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        init_dir = init_checkpoint(cfg, vocab)
         tokenizer = prepare_tokenizer(
             output_dir=out,
             corpus=corpus,
-            vocab=vocab,
+            vocab=vocab if init_dir is None else init_dir,
             vocab_size=int(model_section.get("vocab_size", 16000)),
             cfg=cfg,
             info=info,
             resume=resume,
         )
-        model_config = build_model_config(model_section, tokenizer.vocab_size, cfg)
+        if init_dir is None:
+            model_config = build_model_config(model_section, tokenizer.vocab_size, cfg)
+        else:
+            model_config = init_model_config(init_dir, model_section, tokenizer.vocab_size, cfg)
+        check_objective(model_config, cfg)  # before any data is read
         if getattr(tokenizer, "model_max_length", 0) > model_config.max_position_embeddings:
             # Saved with every checkpoint: tokenizers (ours and transformers') then truncate to
             # what the position table holds.
             tokenizer.model_max_length = model_config.max_position_embeddings
         cache = cfg.cache_dir or None
+
+        def load_data() -> tuple[Any, Any, ContrastiveData | None]:
+            train_corpora = load_corpus(corpus, tokenizer, cache)
+            valid_corpora = load_corpus(valid, tokenizer, cache) if valid else None
+            contrastive = None
+            if cfg.contrastive_weight > 0:
+                contrastive = build_contrastive_data(
+                    cfg, tokenizer, corpus=corpus, holdout=valid or [], train_corpora=train_corpora
+                )
+            return train_corpora, valid_corpora, contrastive
+
         # Rank 0 tokenizes and fills the cache; the others then read it.
         if info.is_main:
-            train_corpora = load_corpus(corpus, tokenizer, cache)
-            valid_corpora = load_corpus(valid, tokenizer, cache) if valid else None
+            train_corpora, valid_corpora, contrastive = load_data()
         _barrier(info)
         if not info.is_main:
-            train_corpora = load_corpus(corpus, tokenizer, cache)
-            valid_corpora = load_corpus(valid, tokenizer, cache) if valid else None
+            train_corpora, valid_corpora, contrastive = load_data()
+        retrieval = None  # only rank 0 evaluates
+        if info.is_main and valid:
+            rset = retrieval_set(gloss_files(valid))
+            if rset.queries:
+                retrieval = rset
+                logger.info(
+                    "valid retrieval: %d queries, %d candidates",
+                    len(rset.queries),
+                    len(rset.candidates),
+                )
         seq = cfg.max_seq_length
         train_data = build_dataset(train_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
         valid_data = (
@@ -839,6 +1084,8 @@ def run_training(
                 "valid": [str(p) for p in valid or []],
                 "vocab": str(vocab) if vocab else None,
             },
+            contrastive=contrastive,
+            retrieval=retrieval,
         )
         result = trainer.train(resume=resume, stop_after=stop_after)
         if info.is_main:

@@ -1,18 +1,21 @@
 """Admin routes: ``POST /admin/reload`` (hot-swap a checkpoint by name).
 
-Off unless an admin token is configured: then every ``/admin`` route answers 404, exactly like a
-route that does not exist, so an unconfigured server does not advertise it. With a token, a
+Off unless an admin token is configured: then ``create_app`` does not mount these routes, so
+every ``/admin`` path answers 404 to every method and the OpenAPI schema does not list them. With a token, a
 missing or wrong ``Authorization: Bearer`` header is 401; the comparison is constant-time
 (``hmac.compare_digest`` on SHA-256 digests, so not even the length leaks). Authentication runs
 before the body is parsed, so an unauthenticated client learns nothing from validation errors.
-Tokens are never logged. In watch mode the ``current`` pointer decides which checkpoint serves,
-so a manual reload is refused (409) rather than silently undone at the next poll.
+Refusals are logged (method, path, client, why) for an audit trail, but never the credentials:
+neither the configured token nor what the client sent (a near-miss would give most of it away).
+In watch mode the ``current`` pointer decides which checkpoint serves, so a manual reload is
+refused (409) rather than silently undone at the next poll.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -23,6 +26,8 @@ from app.middleware import VERSION_HEADER
 from app.routes.common import error_responses
 from app.schemas import ReloadRequest, ReloadResponse
 from app.service import ServeState, get_state
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -38,6 +43,16 @@ async def require_admin(request: Request, state: ServeState = Depends(get_state)
         hashlib.sha256(given).digest(), hashlib.sha256(expected.encode("utf-8")).digest()
     )
     if scheme.lower() != "bearer" or not ok:
+        if not scheme:
+            why = "no Authorization header"
+        elif scheme.lower() != "bearer":
+            why = "not a Bearer credential"
+        else:
+            why = "wrong token"
+        client = request.client.host if request.client else "unknown"
+        logger.warning(
+            "admin: refused %s %s from %s: %s", request.method, request.url.path, client, why
+        )
         raise UnauthorizedError()
 
 
@@ -58,6 +73,9 @@ async def reload(request: Request, state: ServeState = Depends(get_state)) -> JS
     try:
         body = ReloadRequest.model_validate_json(await request.body())
     except ValidationError as e:
+        # A refused request is a failed reload too: a `../` name must show on the same counter
+        # that an operator alerts on, not only as one more 422 among the inference requests.
+        state.metrics.reloads.labels(result="failure").inc()
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "body"
         raise InputValidationError(f"{where}: {first.get('msg', 'invalid')}") from None

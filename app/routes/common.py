@@ -14,7 +14,7 @@ _DESCRIPTIONS = {
     422: "Invalid input.",
     429: "Queue full; retry after Retry-After seconds.",
     503: "No model ready, or shutting down.",
-    504: "Waited in the queue past the deadline.",
+    504: "Waited in the queue past the deadline, or the model stalled on the request's batch.",
 }
 
 

@@ -54,7 +54,8 @@ async def fill_mask(
 async def embed(
     body: EmbedRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Sentence embeddings, text-embeddings-inference style (mean or [CLS] pooling)."""
+    """Sentence embeddings, text-embeddings-inference style (mean or [CLS] pooling; by default
+    the pooling the checkpoint was trained with)."""
     texts, _ = as_list(body.inputs)
     engine, vectors, _ = await state.embed(
         texts,
@@ -71,14 +72,15 @@ async def embed(
 async def openai_embeddings(
     body: OpenAIEmbeddingsRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Sentence embeddings in OpenAI's format (mean pooling, unit length)."""
+    """Sentence embeddings in OpenAI's format (unit length, with the pooling the checkpoint was
+    trained with: its config.json 'pooling', mean when it records none)."""
     texts, _ = as_list(body.input)
     hidden = state.engine().config.hidden_size
     if body.dimensions is not None and body.dimensions != hidden:
         raise InputValidationError(f"dimensions must be {hidden} (the model's size) or omitted")
     engine, vectors, n_tokens = await state.embed(
         texts,
-        pooling="mean",
+        pooling=None,  # the checkpoint's
         normalize=True,
         truncate=False,
         disconnected=lambda: wait_for_disconnect(request),

@@ -46,6 +46,7 @@ async def info(state: ServeState = Depends(get_state)) -> dict[str, Any]:
             "max_top_k": cfg.max_top_k,
             "max_targets": cfg.max_targets,
             "request_timeout_s": cfg.request_timeout_s,
+            "compute_timeout_s": cfg.compute_timeout_s,
         },
         "batching": cfg.batching_settings(),
         "admin_api": state.admin_token is not None,
