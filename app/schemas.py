@@ -23,7 +23,9 @@ Inputs = str | Annotated[list[str], Field(max_length=_MAX_LIST)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: the JSON types the schema documents, no coercion ("normalize": 0.0 or "yes" is a
+    # 422, not a silent False/True). Found by the schema fuzzer.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class FillMaskRequest(_Request):
