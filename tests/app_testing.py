@@ -83,3 +83,22 @@ def serve_config(checkpoint: Path | None, **overrides) -> ServeConfig:
     }
     values.update(overrides)
     return ServeConfig(**values)
+
+
+def asgi_post_scope(path: str, headers: list[tuple[bytes, bytes]] = ()) -> dict:
+    """The ASGI scope of a JSON ``POST path`` from a loopback client, for tests that drive the
+    app directly with their own ``receive`` (streamed bodies, disconnects)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }

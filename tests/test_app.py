@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from app_testing import build_checkpoint, serve_config
+from app_testing import asgi_post_scope, build_checkpoint, serve_config
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -370,20 +370,7 @@ def test_disconnected_client_is_dropped_before_compute(checkpoint):
                 async def send(message):
                     sent.append(message)
 
-                scope = {
-                    "type": "http",
-                    "asgi": {"version": "3.0"},
-                    "http_version": "1.1",
-                    "method": "POST",
-                    "scheme": "http",
-                    "path": "/fill-mask",
-                    "raw_path": b"/fill-mask",
-                    "root_path": "",
-                    "query_string": b"",
-                    "headers": [(b"content-type", b"application/json")],
-                    "client": ("127.0.0.1", 1),
-                    "server": ("127.0.0.1", 80),
-                }
+                scope = asgi_post_scope("/fill-mask")
                 task = asyncio.ensure_future(client.app(scope, receive, send))
                 while len(state.batcher) < 1:  # queued behind the busy batch
                     await asyncio.sleep(0.005)

@@ -483,21 +483,13 @@ def test_the_server_embeds_with_the_checkpoints_pooling_unless_asked_otherwise(t
 def test_two_process_ddp_with_the_contrastive_stage_matches_one_process(tmp_path):
     """Each rank contrasts its own micro-batch: two DDP processes equal one process with
     accumulation 2 (same pairs per micro-batch, same maths), MLM and InfoNCE together."""
-    import os
-    import subprocess
-    import sys
-
-    from train_testing import REPO
+    from train_testing import run_ddp
 
     no_dropout = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0"]
     common = ["--max-steps", "4", "--batch_size", "4", "--save-every", "2", *no_dropout]
     common += ["--contrastive_weight", "1", "--contrastive_batch_size", "4"]
     ddp_out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "training.cli", *cli_args(tmp_path, ddp_out, *common)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ddp(tmp_path, ddp_out, *common)
     single_out = tmp_path / "single"
     assert main(cli_args(tmp_path, single_out, *common, "--grad_accum_steps", "2")) == 0
 

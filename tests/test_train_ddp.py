@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import torch
-from train_testing import REPO, cli_args
+from train_testing import cli_args, run_ddp
 
 from model import BertForMaskedLM
 from training.cli import main
@@ -19,11 +15,7 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
     no_dropout = ["--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0"]
     common = ["--max-steps", "6", "--batch_size", "4", "--save-every", "3", *no_dropout]
     ddp_out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "training.cli", *cli_args(tmp_path, ddp_out, *common)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ddp(tmp_path, ddp_out, *common)
 
     # The same 8 rows per step in one process: batch 4 x 2 accumulation steps.
     single_out = tmp_path / "single"

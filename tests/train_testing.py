@@ -8,6 +8,9 @@ hidden 32, 2 layers, rows of 32 tokens, batches of 8, a vocabulary of ~600 token
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -102,3 +105,12 @@ def cli_args(tmp: Path, out: Path, *extra: str, valid: bool = True) -> list[str]
             write_corpus(vfile, 60, start=2000)
         args += ["--valid", str(vfile)]
     return [*args, *extra]
+
+
+def run_ddp(tmp: Path, out: Path, *extra: str, nproc: int = 2) -> None:
+    """Run ``bert-train`` under torchrun with ``nproc`` CPU processes (gloo) into ``out``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "training.cli", *cli_args(tmp, out, *extra)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

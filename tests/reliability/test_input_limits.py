@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 import pytest
-from app_testing import build_checkpoint, serve_config
+from app_testing import asgi_post_scope, build_checkpoint, serve_config
 from fastapi.testclient import TestClient
 from gating import Recorder, error_of, tally
 from helpers import metric_value
@@ -187,20 +187,7 @@ def test_endless_body_is_cut_at_the_limit_without_buffering_it(checkpoint, figur
             async def send(message):
                 sent.append(message)
 
-            scope = {
-                "type": "http",
-                "asgi": {"version": "3.0"},
-                "http_version": "1.1",
-                "method": "POST",
-                "scheme": "http",
-                "path": "/embed",
-                "raw_path": b"/embed",
-                "root_path": "",
-                "query_string": b"",
-                "headers": [(b"content-type", b"application/json"), *headers],
-                "client": ("127.0.0.1", 1),
-                "server": ("127.0.0.1", 80),
-            }
+            scope = asgi_post_scope("/embed", headers)
             await client.app(scope, receive, send)
             return sent[0]["status"], pulled, sent
 
