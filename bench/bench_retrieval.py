@@ -192,7 +192,8 @@ def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, A
     """Median seconds per optimizer step of BERT-tiny, MLM-only vs joint, interleaved."""
     try:
         from training.contrastive import build_contrastive_data
-        from training.trainer import Trainer, build_model_config
+        from training.setup import build_model_config
+        from training.trainer import Trainer
     except ImportError as e:
         return {"skipped": f"the trainer has no contrastive objective yet ({e})"}
     from tokenization import WordPieceTokenizer

@@ -62,7 +62,7 @@ def prepare(args: argparse.Namespace) -> SimpleNamespace:
     from tokenization import WordPieceTokenizer
     from training.config import load_run_config
     from training.data import build_dataset, load_corpus
-    from training.trainer import build_model_config
+    from training.setup import build_model_config
 
     overrides = [(k, v) for k, v in (args.set or [])]
     overrides += [("train.progress_bar", "false"), ("train.tensorboard", "false")]

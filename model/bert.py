@@ -25,6 +25,7 @@ untied output embeddings, attention-probability outputs, gradient checkpointing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -118,13 +119,20 @@ class _Layout:
 
 
 class Embeddings(nn.Module):
-    """Token + segment + learned absolute position embeddings, then LayerNorm and dropout."""
+    """Token + segment (+ learned absolute position) embeddings, then LayerNorm and dropout.
+
+    With rotary positions there is no position table: attention rotates queries and keys.
+    """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         H = config.hidden_size
         self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, H)
+        self.position = (
+            nn.Embedding(config.max_position_embeddings, H)
+            if config.position_embedding_type == "absolute"
+            else None
+        )
         self.token_type = nn.Embedding(config.type_vocab_size, H)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -132,9 +140,11 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None, layout: _Layout) -> Tensor:
         B, T = input_ids.shape
         ids = layout.pack(input_ids.reshape(B * T))  # (N,)
-        # Positions count from 0 in every row whatever the padding, as in transformers.
-        positions = layout.pack(torch.arange(T, device=input_ids.device).repeat(B))  # (N,)
-        x = self.word(ids) + self.position(positions)  # (N, H)
+        x = self.word(ids)  # (N, H)
+        if self.position is not None:
+            # Positions count from 0 in every row whatever the padding, as in transformers.
+            positions = layout.pack(torch.arange(T, device=input_ids.device).repeat(B))  # (N,)
+            x = x + self.position(positions)  # (N, H)
         if token_type_ids is None:
             x = x + self.token_type.weight[0]  # (N, H): every token in segment 0
         else:
@@ -143,13 +153,43 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))  # (N, H)
 
 
+def rotary_angles(length: int, head_size: int) -> Tensor:
+    """RoPE's angles (T, hs/2), float64: pair i at position t turns by t / 10000^(2i / hs).
+
+    RoFormer's layout (transformers.RoFormer*): pair i is channels (2i, 2i+1). Float64 as
+    transformers computes its table, so both round the same float32 values.
+    """
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+    return torch.arange(length, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (T, hs/2)
+
+
+@functools.cache
+def _rotary_factors(length: int, head_size: int, device: torch.device) -> Tensor:
+    """e^(i * angle) (T, hs/2) complex64, cached per length and device."""
+    angles = rotary_angles(length, head_size)  # (T, hs/2) float64
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+
+
+def apply_rotary(x: Tensor) -> Tensor:
+    """Rotate each channel pair of x (B, nh, T, hs) by its position's angle (RoPE).
+
+    The pair (2i, 2i+1) read as the complex number x_2i + i x_2i+1 is multiplied by e^(i angle):
+    x_2i cos - x_2i+1 sin and x_2i+1 cos + x_2i sin, RoFormer's rotation, in one complex
+    multiply (about 3x faster than gathering the pairs; computed in float32 under autocast).
+    """
+    factors = _rotary_factors(x.shape[-2], x.shape[-1], x.device)  # (T, hs/2)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2)
+    return torch.view_as_real(pairs * factors).flatten(-2).to(x.dtype)  # (B, nh, T, hs)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: fused qkv projection, SDPA, output projection."""
+    """Multi-head self-attention: fused qkv projection, (RoPE,) SDPA, output projection."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.n_head = config.num_attention_heads
         self.head_size = config.head_size
+        self.rotary = config.position_embedding_type == "rotary"
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)  # rows: q, then k, then v
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.attn_dropout = config.attention_probs_dropout_prob
@@ -176,6 +216,8 @@ class SelfAttention(nn.Module):
         """Attention over B padded sequences of length T: (B*T, 3H) -> (B*T, H)."""
         nh, hs = self.n_head, self.head_size
         q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        if self.rotary:  # positions 0..T-1: sequences start at 0 and padding sits at the end
+            q, k = apply_rotary(q), apply_rotary(k)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -312,8 +354,8 @@ class BertForMaskedLM(nn.Module):
     # -- initialisation and optimisation ---------------------------------------------------------
 
     def _init_weights(self, module: nn.Module) -> None:
-        """BERT's init: normal(0, 0.02) weights, zero biases, LayerNorm = identity."""
-        std = 0.02  # BERT's initializer_range
+        """BERT's init: normal(0, initializer_range) weights, zero biases, LayerNorm = identity."""
+        std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             if module is self.mlm_head.decoder:
                 return  # tied: initialised as the word embedding

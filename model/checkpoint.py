@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from model.bert import BertForMaskedLM
+from model.bert import BertForMaskedLM, rotary_angles
 from model.config import BertConfig
 from model.errors import CheckpointError
 
@@ -47,7 +47,9 @@ PYTORCH_WEIGHTS_NAME = "pytorch_model.bin"
 _DECODER_WEIGHT = "cls.predictions.decoder.weight"
 _DECODER_BIAS = "cls.predictions.decoder.bias"
 _MLM_BIAS = "cls.predictions.bias"
-_WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+# RoFormer's fixed sinusoidal table: written so transformers finds every tensor it expects,
+# ignored on load (rotary angles are computed, not stored).
+_ROFORMER_SINUSOIDS = "roformer.encoder.embed_positions.weight"
 _MAX_LISTED = 8  # how many key names an error message lists before "... and N more"
 
 
@@ -55,10 +57,21 @@ _MAX_LISTED = 8  # how many key names an error message lists before "... and N m
 # Key mapping between our module names and transformers' BertForMaskedLM names
 
 
+def base_prefix(config: BertConfig) -> str:
+    """The encoder's name in transformers: "bert" (BertForMaskedLM) or "roformer" (rotary)."""
+    return "roformer" if config.position_embedding_type == "rotary" else "bert"
+
+
+def word_embeddings_key(config: BertConfig) -> str:
+    return f"{base_prefix(config)}.embeddings.word_embeddings.weight"
+
+
 def key_map(config: BertConfig, nsp_head: bool = False) -> list[tuple[str, tuple[str, ...]]]:
     """(our state-dict key, HF key(s)) pairs; three HF keys are concatenated along dim 0.
 
-    The tied decoder weight is absent: it is the word embedding. For pre-LN, the per-layer
+    Names are those of transformers' BertForMaskedLM, or RoFormerForMaskedLM for rotary
+    positions (the same modules under "roformer.", without a position table). The tied decoder
+    weight is absent: it is the word embedding. For pre-LN, the per-layer
     LayerNorms keep the HF names of the post-LN ones they replace (attention.output.LayerNorm is
     the norm before attention, output.LayerNorm the one before the FFN) and the final norm is
     `bert.encoder.LayerNorm`, a name transformers does not know.
@@ -69,14 +82,18 @@ def key_map(config: BertConfig, nsp_head: bool = False) -> list[tuple[str, tuple
         for suffix in ("weight", "bias"):
             pairs.append((f"{ours}.{suffix}", tuple(f"{h}.{suffix}" for h in hf)))
 
-    pairs.append(("embeddings.word.weight", (_WORD_EMBEDDINGS,)))
-    pairs.append(("embeddings.position.weight", ("bert.embeddings.position_embeddings.weight",)))
+    base = base_prefix(config)
+    pairs.append(("embeddings.word.weight", (word_embeddings_key(config),)))
+    if config.position_embedding_type == "absolute":
+        pairs.append(
+            ("embeddings.position.weight", (f"{base}.embeddings.position_embeddings.weight",))
+        )
     pairs.append(
-        ("embeddings.token_type.weight", ("bert.embeddings.token_type_embeddings.weight",))
+        ("embeddings.token_type.weight", (f"{base}.embeddings.token_type_embeddings.weight",))
     )
-    add("embeddings.norm", "bert.embeddings.LayerNorm")
+    add("embeddings.norm", f"{base}.embeddings.LayerNorm")
     for i in range(config.num_hidden_layers):
-        ours, hf = f"layers.{i}", f"bert.encoder.layer.{i}"
+        ours, hf = f"layers.{i}", f"{base}.encoder.layer.{i}"
         add(
             f"{ours}.attention.qkv",
             f"{hf}.attention.self.query",
@@ -89,12 +106,12 @@ def key_map(config: BertConfig, nsp_head: bool = False) -> list[tuple[str, tuple
         add(f"{ours}.ffn.down", f"{hf}.output.dense")
         add(f"{ours}.ffn_norm", f"{hf}.output.LayerNorm")
     if config.norm_position == "pre":
-        add("final_norm", "bert.encoder.LayerNorm")
+        add("final_norm", f"{base}.encoder.LayerNorm")
     add("mlm_head.dense", "cls.predictions.transform.dense")
     add("mlm_head.norm", "cls.predictions.transform.LayerNorm")
     pairs.append(("mlm_head.bias", (_MLM_BIAS,)))
     if nsp_head:
-        add("nsp_head.pooler", "bert.pooler.dense")
+        add("nsp_head.pooler", f"{base}.pooler.dense")
         add("nsp_head.classifier", "cls.seq_relationship")
     return pairs
 
@@ -118,9 +135,22 @@ def expected_hf_shapes(config: BertConfig, nsp_head: bool = False) -> dict[str, 
 
 def _is_ignorable(key: str, nsp_head: bool) -> bool:
     """Keys a HF checkpoint may carry that we do not need: buffers, pooler and NSP head."""
-    if key in ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids"):
+    if key in (
+        "bert.embeddings.position_ids",
+        "bert.embeddings.token_type_ids",
+        _ROFORMER_SINUSOIDS,
+    ):
         return True
-    return not nsp_head and key.startswith(("bert.pooler.", "cls.seq_relationship."))
+    return not nsp_head and key.startswith(
+        ("bert.pooler.", "roformer.pooler.", "cls.seq_relationship.")
+    )
+
+
+def roformer_sinusoids(positions: int, head_size: int) -> Tensor:
+    """RoFormer's `embed_positions` table (T, hs): sines in the first half, cosines in the
+    second, as transformers builds it (float64 angles, stored as float32)."""
+    angles = rotary_angles(positions, head_size)  # (T, hs/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
 def _listed(keys: list[str]) -> str:
@@ -173,6 +203,7 @@ def from_hf_state_dict(
     # The decoder weight is tied to the word embeddings: stored once (HF) or twice (old .bin).
     decoder = state.pop(_DECODER_WEIGHT, None)
 
+    word_key = word_embeddings_key(config)
     expected = expected_hf_shapes(config, nsp_head)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected and not _is_ignorable(k, nsp_head)]
@@ -194,10 +225,10 @@ def from_hf_state_dict(
     for key, shape in expected.items():
         _check_tensor(key, state[key], shape, source)
     if decoder is not None:
-        _check_tensor(_DECODER_WEIGHT, decoder, expected[_WORD_EMBEDDINGS], source)
-        if not _same(decoder, state[_WORD_EMBEDDINGS]):
+        _check_tensor(_DECODER_WEIGHT, decoder, expected[word_key], source)
+        if not _same(decoder, state[word_key]):
             raise CheckpointError(
-                f"{source}: {_DECODER_WEIGHT} differs from {_WORD_EMBEDDINGS}; this model "
+                f"{source}: {_DECODER_WEIGHT} differs from {word_key}; this model "
                 "requires tied input/output embeddings"
             )
 
@@ -311,6 +342,9 @@ def save_pretrained(model: BertForMaskedLM, directory: str | Path) -> None:
             raise CheckpointError(f"refusing to save: tensor {key} contains NaN or Inf values")
         # clone(): safetensors refuses tensors sharing storage (the q/k/v views of qkv).
         tensors[key] = tensor.detach().to("cpu").contiguous().clone()
+    if model.config.position_embedding_type == "rotary":
+        c = model.config
+        tensors[_ROFORMER_SINUSOIDS] = roformer_sinusoids(c.max_position_embeddings, c.head_size)
     config = model.config.to_dict()
     config["dtype"] = str(model.dtype).removeprefix("torch.")
     config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"

@@ -29,6 +29,9 @@ from model.errors import ConfigError
 # BERT; "gelu_new" and "gelu_pytorch_tanh" are the tanh approximation under two HF names.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 NORM_POSITIONS = ("post", "pre")
+# "absolute": BERT's learned position table added to the embeddings; "rotary": RoPE (RoFormer's
+# layout: interleaved pairs, base 10000) applied to queries and keys, no position table.
+POSITION_EMBEDDING_TYPES = ("absolute", "rotary")
 POOLINGS = ("mean", "cls")
 
 # HF config keys that do not change the computation of a BERT encoder with an MLM head: metadata,
@@ -45,7 +48,6 @@ HARMLESS_HF_KEYS = frozenset(
         "transformers_version",
         "torch_dtype",
         "dtype",
-        "initializer_range",
         "use_cache",
         "classifier_dropout",
         "gradient_checkpointing",
@@ -112,7 +114,6 @@ HARMLESS_HF_KEYS = frozenset(
 
 # HF keys that change the architecture, with the only value we can run (a key may be absent).
 ARCHITECTURE_HF_KEYS: dict[str, Any] = {
-    "position_embedding_type": "absolute",
     "is_decoder": False,
     "add_cross_attention": False,
     "is_encoder_decoder": False,
@@ -120,7 +121,12 @@ ARCHITECTURE_HF_KEYS: dict[str, Any] = {
     "pruned_heads": {},
 }
 # A config.json for another family (roberta, distilbert, ...) has other weights and semantics.
-SUPPORTED_MODEL_TYPES = ("bert",)
+# "roformer" is BERT with rotary positions (RoFormerForMaskedLM): how rotary checkpoints are
+# written, so that transformers opens them as the model they are.
+SUPPORTED_MODEL_TYPES = ("bert", "roformer")
+# RoFormer keys with the only value we run (an embedding size other than hidden_size adds a
+# projection; rotary_value also rotates the values).
+ROFORMER_KEYS: dict[str, Any] = {"rotary_value": False}
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,9 @@ class BertConfig:
     type_vocab_size: int = 2  # segments A and B (sentence pairs)
     layer_norm_eps: float = 1e-12  # BERT's value; HF checkpoints were trained with it
     pad_token_id: int | None = 0  # its embedding row gets no gradient (nn.Embedding padding_idx)
+    initializer_range: float = 0.02  # std of the normal init of weights and embeddings
     norm_position: str = "post"  # "post": BERT/HF; "pre": LN before each sublayer, final LN
+    position_embedding_type: str = "absolute"  # or "rotary" (RoPE on queries and keys)
     pooling: str = "mean"  # sentence-embedding pooling it was trained for; weights unaffected
 
     def __post_init__(self) -> None:
@@ -184,9 +192,23 @@ class BertConfig:
                 f"BertConfig.pad_token_id must be None or an id in [0, vocab_size="
                 f"{self.vocab_size}), got {self.pad_token_id!r}"
             )
+        if not _is_number(self.initializer_range) or not self.initializer_range > 0:
+            raise ConfigError(
+                "BertConfig.initializer_range must be a positive number, "
+                f"got {self.initializer_range!r}"
+            )
         if self.norm_position not in NORM_POSITIONS:
             raise ConfigError(
                 f"BertConfig.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ConfigError(
+                f"BertConfig.position_embedding_type {self.position_embedding_type!r} is not "
+                f"supported; use one of {', '.join(POSITION_EMBEDDING_TYPES)}"
+            )
+        if self.position_embedding_type == "rotary" and self.head_size % 2:
+            raise ConfigError(
+                f"rotary position embeddings need an even head size, got {self.head_size}"
             )
         if self.pooling not in POOLINGS:
             raise ConfigError(f"BertConfig.pooling must be 'mean' or 'cls', got {self.pooling!r}")
@@ -208,7 +230,30 @@ class BertConfig:
         model_type = data.get("model_type", "bert")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
-                f"config model_type {model_type!r} is not supported; only 'bert' checkpoints load"
+                f"config model_type {model_type!r} is not supported; only 'bert' and 'roformer' "
+                "checkpoints load"
+            )
+        data = dict(data)
+        if model_type == "roformer":
+            for key, supported in ROFORMER_KEYS.items():
+                if data.get(key, supported) != supported:
+                    raise ConfigError(f"config {key}={data[key]!r} is not supported")
+                data.pop(key, None)
+            embedding_size = data.pop("embedding_size", None)
+            if embedding_size is not None and embedding_size != data.get("hidden_size", 768):
+                raise ConfigError(
+                    f"config embedding_size={embedding_size!r} differs from hidden_size: the "
+                    "embedding projection of such RoFormer models is not supported"
+                )
+            if data.get("position_embedding_type", "rotary") != "rotary":
+                raise ConfigError("a roformer config must have rotary position embeddings")
+            data["position_embedding_type"] = "rotary"
+        elif data.get("position_embedding_type") is None:
+            data["position_embedding_type"] = "absolute"
+        elif data["position_embedding_type"] == "rotary":
+            raise ConfigError(
+                "config model_type 'bert' with position_embedding_type 'rotary': transformers "
+                "would run it with absolute positions; rotary checkpoints are 'roformer'"
             )
         for key, supported in ARCHITECTURE_HF_KEYS.items():
             if key in data and data[key] != supported and data[key] is not None:
@@ -228,16 +273,21 @@ class BertConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as written to config.json: our fields plus the HF keys transformers needs."""
         out: dict[str, Any] = dataclasses.asdict(self)
+        if self.position_embedding_type == "rotary":  # transformers' RoFormerForMaskedLM
+            out.update(
+                model_type="roformer",
+                architectures=["RoFormerForMaskedLM"],
+                embedding_size=self.hidden_size,
+                rotary_value=False,
+            )
+        else:
+            out.update(model_type="bert", architectures=["BertForMaskedLM"])
         out.update(
-            model_type="bert",
-            architectures=["BertForMaskedLM"],
             # Written explicitly so readers that default otherwise (or older transformers)
             # cannot mistake the architecture.
-            position_embedding_type="absolute",
             tie_word_embeddings=True,
             is_decoder=False,
             add_cross_attention=False,
-            initializer_range=0.02,
         )
         return out
 

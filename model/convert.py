@@ -3,8 +3,10 @@
     bert-convert --from-hf HF_DIR --out DIR   HuggingFace BERT dir (model.safetensors or
                                              pytorch_model.bin) -> our dir; copies vocab.txt and
                                              tokenizer_config.json (writes the latter if absent)
-    bert-convert --to-hf DIR [--out HF_DIR]   our post-LN dir already is the HF format: validate it
-                                             (and copy it with --out); pre-LN is refused
+    bert-convert --to-hf DIR [--out HF_DIR]   our post-LN dir already is the HF format
+                                             (BertForMaskedLM, or RoFormerForMaskedLM for rotary
+                                             positions): validate it (and copy it with --out);
+                                             pre-LN is refused
     bert-convert --check DIR                  validate a checkpoint directory and summarise it
 
 Every command loads the weights through `BertForMaskedLM.from_pretrained`, so it checks what the
@@ -43,8 +45,10 @@ def _load(directory: Path) -> BertForMaskedLM:
 
 def _summary(model: BertForMaskedLM) -> str:
     c = model.config
+    positions = "rotary" if c.position_embedding_type == "rotary" else "learned"
     return (
-        f"BERT {c.norm_position}-LN: L={c.num_hidden_layers} H={c.hidden_size} "
+        f"BERT {c.norm_position}-LN, {positions} positions: L={c.num_hidden_layers} "
+        f"H={c.hidden_size} "
         f"A={c.num_attention_heads} I={c.intermediate_size} V={c.vocab_size} "
         f"max_len={c.max_position_embeddings}, {model.num_parameters():,} parameters"
     )
@@ -120,11 +124,12 @@ def to_hf(directory: Path, out: Path | None) -> list[str]:
     model = _load(directory)
     if model.config.norm_position == "pre":
         raise ConvertError(
-            f"{directory} is a pre-LN model: transformers' BertForMaskedLM (post-LN) cannot "
-            "represent it, so there is no HuggingFace export"
+            f"{directory} is a pre-LN model: transformers' BertForMaskedLM and "
+            "RoFormerForMaskedLM (post-LN) cannot represent it, so there is no HuggingFace export"
         )
+    arch = model.config.to_dict()["architectures"][0]
     report = [
-        f"{directory} already is a HuggingFace BertForMaskedLM directory (config.json + "
+        f"{directory} already is a HuggingFace {arch} directory (config.json + "
         "model.safetensors with transformers' names); nothing to convert. Validated:",
         _summary(model),
         *_vocab_report(directory, model),

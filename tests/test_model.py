@@ -5,6 +5,7 @@ train. Checkpoint I/O and parity with transformers are in test_model_checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -111,6 +112,54 @@ def test_config_refuses_unsupported_architecture_keys(key, value):
         BertConfig.from_dict({**TINY, key: value})
 
 
+def test_rotary_config_is_written_as_roformer_and_read_back():
+    config = BertConfig(**TINY, position_embedding_type="rotary")
+    d = config.to_dict()
+    assert d["model_type"] == "roformer" and d["architectures"] == ["RoFormerForMaskedLM"]
+    assert d["embedding_size"] == TINY["hidden_size"] and d["rotary_value"] is False
+    assert BertConfig.from_dict(json.loads(json.dumps(d))) == config
+    # A transformers RoFormer config without our keys means rotary positions too.
+    plain = {k: v for k, v in d.items() if k not in ("position_embedding_type", "norm_position")}
+    assert BertConfig.from_dict(plain).position_embedding_type == "rotary"
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"rotary_value": True}, "rotary_value"),
+        ({"embedding_size": 16}, "embedding_size"),
+        ({"model_type": "bert"}, "rotary"),  # transformers would run BERT with absolute positions
+    ],
+)
+def test_rotary_configs_transformers_would_misread_are_refused(changes, match):
+    d = {**BertConfig(**TINY, position_embedding_type="rotary").to_dict(), **changes}
+    with pytest.raises(ConfigError, match=match):
+        BertConfig.from_dict(d)
+
+
+def test_rotary_positions_need_an_even_head_size():
+    with pytest.raises(ConfigError, match="even head size"):
+        BertConfig(**{**TINY, "hidden_size": 30, "num_attention_heads": 2},
+                   position_embedding_type="rotary")  # fmt: skip
+
+
+def test_rotary_scores_depend_on_relative_positions_only():
+    """RoPE's promise: the score of query q at position i and key k at position j depends on
+    i - j alone, so the same pair shifted along the sequence scores the same."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 16, generator=g)
+    T = 40
+    rq = bert.apply_rotary(q.expand(1, 1, T, 16).clone())[0, 0]  # (T, hs): q at every position
+    rk = bert.apply_rotary(k.expand(1, 1, T, 16).clone())[0, 0]
+    scores = rq @ rk.T  # (T, T): q at i, k at j
+    for offset in (-7, 0, 3, 20):
+        diagonal = torch.diagonal(scores, offset)
+        assert_close(diagonal, diagonal[0].expand_as(diagonal), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(torch.diagonal(scores, 0)[0], torch.diagonal(scores, 3)[0])
+    # Position 0 is not rotated at all.
+    assert_close(rq[0], q)
+
+
 def test_config_json_errors_name_the_file(tmp_path):
     path = tmp_path / "config.json"
     path.write_text("{not json")
@@ -197,11 +246,13 @@ def attention_path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("norm_position", ["post", "pre"])
+@pytest.mark.parametrize(
+    ("norm_position", "positions"), [("post", "absolute"), ("pre", "absolute"), ("post", "rotary")]
+)
 def test_outputs_at_real_tokens_do_not_depend_on_padding_or_batch_mates(
-    norm_position, attention_path
+    norm_position, positions, attention_path
 ):
-    model = tiny_model(norm_position).eval()
+    model = tiny_model(norm_position, position_embedding_type=positions).eval()
     short, long = random_ids(1, 6, seed=2), random_ids(1, 13, seed=3)
     types = torch.tensor([[0, 0, 0, 1, 1, 1]])
     with torch.no_grad():

@@ -113,6 +113,35 @@ def test_our_checkpoint_loads_in_transformers_with_identical_logits(tmp_path):
     assert "cls.predictions.decoder.weight" not in keys
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_rotary_checkpoint_is_a_roformer_directory_both_ways(tmp_path, padded):
+    """Rotary positions are written as transformers' RoFormerForMaskedLM: it opens our directory
+    with equal outputs, and we open a RoFormer directory saved by transformers."""
+    torch.manual_seed(4)
+    ours = BertForMaskedLM(BertConfig(**TINY, position_embedding_type="rotary")).eval()
+    with torch.no_grad():  # wider than BERT's init, so attention is far from uniform
+        for p in ours.parameters():
+            p.normal_(0.0, 0.3)
+    ours.save_pretrained(tmp_path / "ours")
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "ours").eval()
+    assert type(hf).__name__ == "RoFormerForMaskedLM"
+    ids, mask, types = batch(padded)
+    real = mask.bool()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        out = ours(ids, mask, types)
+    assert_close(out.logits[real], ref.logits[real], **TOL)
+
+    hf.save_pretrained(tmp_path / "theirs")
+    back = BertForMaskedLM.from_pretrained(tmp_path / "theirs")
+    assert back.config.position_embedding_type == "rotary"
+    with torch.no_grad():
+        assert_close(back(ids, mask, types).logits[real], ref.logits[real], **TOL)
+    keys = set(load_file(str(tmp_path / "ours" / "model.safetensors")))
+    assert "roformer.encoder.layer.0.attention.self.query.weight" in keys
+    assert not any(k.startswith("bert.") for k in keys)
+
+
 def test_checkpoint_dir_with_our_tokenizer_loads_in_transformers(tmp_path, small_vocab_dir):
     """The full contract: model.save_pretrained + tokenizer.save_pretrained into one directory
     gives a directory transformers reads (tokenizer and model) with identical results."""

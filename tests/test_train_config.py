@@ -8,7 +8,7 @@ import yaml
 from model import BertConfig
 from training.cli import split_overrides
 from training.config import TrainConfig, TrainConfigError, load_run_config
-from training.trainer import build_model_config
+from training.setup import build_model_config
 
 SHIPPED = {
     "bert_tiny.yaml": (2, 128, 2, 512),

@@ -6,10 +6,14 @@ Modules, in the order a run uses them:
     masking.py        dynamic 80/10/10 masking (optionally whole-word)
     pairs.py          (example, definition) pairs of WordNet glosses, leak-free of a holdout
     contrastive.py    InfoNCE over pooled embeddings: gloss pairs and/or SimCSE, their batches
-    schedule.py       warmup + cosine LR over steps or over a wall-clock budget
+    schedule.py       warmup + cosine or linear LR over steps or over a wall-clock budget
+    distributed.py    DDP from torchrun's environment, barriers, precision (fp32/bf16/fp16)
+    setup.py          tokenizer, model config, data, then the loop: `run_training`
     trainer.py        the loop (AMP, accumulation, clipping, DDP, non-finite guard)
     checkpointing.py  atomic checkpoint directories, `latest`/`best` pointers, rotation
-    evaluate.py       validation loss / accuracy / perplexity, and `bert-eval` (also retrieval)
+    evaluate.py       validation loss / accuracy / perplexity, and `bert-eval` (also cloze, retrieval)
+    cloze.py          whole-word fill-in-the-blank items and scores (what /fill-mask users see)
+    ngram.py          count-based cloze baselines (unigram, two-sided trigram)
     retrieval.py      example -> definition retrieval metrics, TF-IDF baseline
     metrics.py        metrics.jsonl, TensorBoard, curves.png
     cli.py            `bert-train`

@@ -13,7 +13,7 @@ Any setting of the config file can be overridden: `--train.lr 1e-3`, `--model.nu
 or flat `--lr 1e-3` when the name belongs to one section only; `--key=value` works too. Under
 `torchrun --nproc_per_node=N` the same command trains with DDP.
 
-Deliberately thin: parsing and error reporting only; the work is `trainer.run_training`.
+Deliberately thin: parsing and error reporting only; the work is `setup.run_training`.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after={args.stop_after} must be >= 1")
 
-    from training.trainer import NonFiniteLossError, run_training
+    from training.setup import run_training
+    from training.trainer import NonFiniteLossError
 
     try:
         result = run_training(

@@ -78,6 +78,7 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate; small BERTs tolerate far more than base's 1e-4
     min_lr: float = 0.0  # floor of the cosine decay
     warmup_fraction: float = 0.06  # of max_steps, or of the time budget
+    lr_schedule: Literal["cosine", "triangular"] = "cosine"  # decay after the warmup
     weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98  # RoBERTa's value: steadier with large LRs and short runs

@@ -8,6 +8,12 @@ checkpoints and across runs. Loss is the mean cross-entropy over all masked toke
     bert-eval --checkpoint runs/mini/final --corpus data/wordnet.valid.txt
     {"loss": 3.41, "accuracy": 0.402, "perplexity": 30.3, "masked_tokens": 61234, "rows": 4096, ...}
 
+`--task cloze` measures what `/fill-mask` users see: one whole word of each held-out line
+masked, top-1 / top-5 of the model's predictions, overall and per file (`training/cloze.py`).
+
+    bert-eval --task cloze --checkpoint checkpoints/default --corpus data/wordnet.valid.txt
+    {"task": "cloze", "items": 2000, "top1": 0.41, "top5": 0.62, "by_corpus": {...}, ...}
+
 `--task retrieval` scores sentence embeddings instead (see `training/retrieval.py`): every usage
 example of a WordNet-style file must find its own definition; recall@1, recall@10 and MRR are
 printed beside a TF-IDF baseline computed on the same pairs, with the ratio ours / TF-IDF.
@@ -41,6 +47,7 @@ from training.masking import MaskingSpec, mask_batch
 __all__ = [
     "checkpoint_pooling",
     "eval_row_indices",
+    "evaluate_checkpoint_cloze",
     "evaluate_checkpoint_mlm",
     "evaluate_checkpoint_retrieval",
     "evaluate_mlm",
@@ -253,6 +260,41 @@ def evaluate_checkpoint_retrieval(
     }
 
 
+def evaluate_checkpoint_cloze(
+    checkpoint: Path,
+    corpus: Sequence[str],
+    *,
+    seed: int = 0,
+    max_items: int = 2000,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """What `bert-eval --task cloze` prints: whole-word cloze top-1/top-5 of a checkpoint on the
+    lines of `corpus` (items chosen with its own vocabulary; see `training/cloze.py`)."""
+    from model import BertForMaskedLM
+    from tokenization import WordPieceTokenizer
+    from training.cloze import cloze_items, model_predictor, score_cloze, vocab_word_filter
+
+    model = BertForMaskedLM.from_pretrained(checkpoint, map_location=device)
+    tokenizer = WordPieceTokenizer.from_pretrained(checkpoint)
+    items = cloze_items(corpus, vocab_word_filter([tokenizer]), seed=seed, max_items=max_items)
+    if not items:
+        raise ValueError(
+            f"no cloze items in {', '.join(map(str, corpus))}: no line of 6-30 words holds a "
+            "word of 3+ letters that is a single token of the vocabulary"
+        )
+    predict = model_predictor(model, tokenizer, batch_size=batch_size, device=device)
+    score = score_cloze(items, predict([it.masked(tokenizer.mask_token) for it in items]))
+    return {
+        "task": "cloze",
+        "checkpoint": str(checkpoint),
+        "corpus": [str(c) for c in corpus],
+        "seed": seed,
+        "max_items_per_file": max_items,
+        **score.to_dict(),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`bert-eval`: print validation metrics of a checkpoint directory as JSON.
 
@@ -262,16 +304,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bert-eval",
         description="MLM loss, masked-token accuracy and perplexity of a checkpoint on a corpus, "
-        "with fixed per-row masks (comparable across checkpoints and runs); or, with --task "
+        "with fixed per-row masks (comparable across checkpoints and runs); with --task cloze, "
+        "whole-word fill-in-the-blank top-1/top-5 on the corpus's lines; or, with --task "
         "retrieval, example->definition retrieval (recall@1/10, MRR) of its sentence embeddings "
         "beside a TF-IDF baseline on the same pairs. Prints JSON.",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--corpus", required=True, nargs="+", help=".txt or .jsonl files")
-    parser.add_argument("--task", choices=("mlm", "retrieval"), default="mlm")
+    parser.add_argument("--task", choices=("mlm", "retrieval", "cloze"), default="mlm")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-rows", type=int, default=0, help="evaluate at most N rows (0=all)")
-    parser.add_argument("--seed", type=int, default=None, help="masking seed (default: the run's)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="mlm: masking seed (default: the run's); cloze: item seed (default 0)",
+    )
+    parser.add_argument(
+        "--max-items", type=int, default=2000, help="cloze: items per file (0 = every line)"
+    )
     parser.add_argument("--max-seq-length", type=int, default=None, help="default: the run's")
     parser.add_argument(
         "--line-by-line", action="store_true", help="one row per document (default: as trained)"
@@ -288,7 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     try:
-        if args.task == "retrieval":
+        if args.task == "cloze":
+            metrics = evaluate_checkpoint_cloze(
+                args.checkpoint,
+                args.corpus,
+                seed=0 if args.seed is None else args.seed,
+                max_items=args.max_items,
+                batch_size=args.batch_size,
+                device=args.device,
+            )
+        elif args.task == "retrieval":
             metrics = evaluate_checkpoint_retrieval(
                 args.checkpoint,
                 args.corpus,

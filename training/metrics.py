@@ -5,8 +5,9 @@ resumes, so the file and the plot cover the whole run) and mirrors scalars to Te
 `tensorboard/`. `plot_curves` reads the JSONL back and draws train/valid loss and accuracy with
 matplotlib's Agg backend (no display needed).
 
-Only rank 0 creates a logger. Deliberately not here: the progress bar (the trainer owns it) and
-any remote experiment tracker.
+`RunLog` is what the training loop talks to: it averages step statistics over each logging
+window, writes their records (rank 0 only), drives the progress bar and keeps the session's
+totals. Deliberately not here: any remote experiment tracker.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "plot_curves", "read_metrics"]
+__all__ = ["MetricsLogger", "RunLog", "StepStats", "plot_curves", "read_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,105 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step reports (identical on every rank)."""
+
+    loss: float  # mean micro-batch loss over ranks; nan/inf when the step was skipped
+    finite: bool
+    tokens: int  # tokens processed by all ranks
+    seconds: float
+    lr: float
+    train_accuracy: float | None  # masked-token accuracy of the last micro-batch, if asked
+    stop_requested: bool  # some rank got SIGINT/SIGTERM
+    elapsed: float  # agreed session seconds after the step
+    mlm_loss: float | None = None  # unweighted parts of `loss` (None: that objective is off)
+    contrastive_loss: float | None = None
+
+
+_LOSS_PARTS = {"mlm": "train_mlm_loss", "nce": "train_contrastive_loss"}  # bar label -> key
+
+
+class RunLog:
+    """Window averages of `StepStats` -> metrics records and the progress bar; session totals.
+
+    `metrics` and `bar` are None on ranks other than 0 (and without a bar when it is off); the
+    totals are kept everywhere, since every rank returns them.
+    """
+
+    def __init__(self, metrics: MetricsLogger | None, bar: Any | None, *, time_mode: bool) -> None:
+        self.metrics, self.bar, self.time_mode = metrics, bar, time_mode
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        self.session_tokens, self.session_time, self.steps = 0, 0.0, 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._loss, self._n, self._tokens, self._time = 0.0, 0, 0, 0.0
+        self._mlm, self._nce = 0.0, 0.0
+
+    def add(self, st: StepStats) -> None:
+        self.steps += 1
+        self.session_tokens += st.tokens
+        self.session_time += st.seconds
+        self._tokens += st.tokens
+        self._time += st.seconds
+        if st.finite:
+            self._loss += st.loss
+            self._n += 1
+            self._mlm += st.mlm_loss or 0.0
+            self._nce += st.contrastive_loss or 0.0
+
+    def record(self, step: int, st: StepStats, *, elapsed: float, skipped: int) -> None:
+        """Close the window: one metrics record, the bar's figures."""
+        n = self._n
+        record: dict[str, Any] = {
+            "train_loss": self._loss / n if n else float("nan"),
+            "lr": st.lr,
+            "tokens_per_s": self._tokens / max(self._time, 1e-9),
+            "elapsed_s": elapsed,
+            "skipped_steps": skipped,
+        }
+        if st.train_accuracy is not None:
+            record["train_accuracy"] = st.train_accuracy
+        if n and st.contrastive_loss is not None:  # the loss's two parts
+            if st.mlm_loss is not None:
+                record["train_mlm_loss"] = self._mlm / n
+            record["train_contrastive_loss"] = self._nce / n
+        if n:
+            self.last_loss = record["train_loss"]
+            if self.first_loss is None:
+                self.first_loss = self.last_loss
+        if self.metrics is not None:
+            self.metrics.log(step, record)
+        if self.bar is not None:
+            shown = {"loss": f"{record['train_loss']:.3f}"}
+            shown.update({k: f"{record[v]:.3f}" for k, v in _LOSS_PARTS.items() if v in record})
+            self.bar.set_postfix(**shown, lr=f"{st.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+        self._reset()
+
+    def advance(self, elapsed: float) -> None:
+        """Move the bar: to the elapsed seconds (time budget) or by one step."""
+        if self.bar is not None:
+            self.bar.update(max(0, int(elapsed) - self.bar.n) if self.time_mode else 1)
+
+    def valid(self, step: int, valid: dict[str, float] | None) -> None:
+        if valid is not None and self.metrics is not None:
+            self.metrics.log(step, {f"valid_{k}": v for k, v in valid.items()})
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.session_tokens / max(self.session_time, 1e-9)
+
+    def close(self, plot_to: Path | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            if plot_to is not None:
+                plot_curves(self.metrics.path, plot_to)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

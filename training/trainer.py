@@ -1,8 +1,8 @@
 """The pretraining loop (MLM, optionally plus InfoNCE): one readable loop, DDP-aware, resumable
 bit for bit on CPU.
 
-`run_training(...)` is the whole job behind `bert-train`: set up (DDP from the environment,
-tokenizer, cached data, model, optimizer), then `Trainer.train()` runs the loop::
+`training.setup.run_training(...)` is the whole job behind `bert-train`: it sets up DDP, the
+tokenizer and the cached data, then `Trainer.train()` runs the loop::
 
     for each optimizer step:
         lr = schedule(step or elapsed time)
@@ -35,24 +35,20 @@ Each evaluation measures the valid MLM loss and, when the valid files hold WordN
 retrieval recall@k / MRR of their example -> definition pairs with the run's pooling. The best
 checkpoint is the lowest valid MLM loss (or, with mlm_weight 0, the highest MRR).
 
-Deliberately not here: data-loader worker processes (batches are gathered from an in-memory
+Deliberately not here: set-up (training/setup.py), processes and precision
+(training/distributed.py), data-loader worker processes (batches are gathered from an in-memory
 array in well under a millisecond), gradient checkpointing, and FSDP.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import random
-import signal
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +58,9 @@ import torch.distributed as dist
 import yaml
 
 from training.checkpointing import CheckpointManager, assert_finite_weights
-from training.config import TrainConfig, TrainConfigError, coerce_value
+from training.config import TrainConfig, TrainConfigError
 from training.contrastive import (
     ContrastiveData,
-    build_contrastive_data,
     check_objective,
     contrastive_loss,
 )
@@ -73,26 +68,23 @@ from training.data import (
     LineDataset,
     PackedDataset,
     RowOrder,
-    build_dataset,
-    iter_documents,
-    load_corpus,
+)
+from training.distributed import (
+    DistInfo,
+    StopRequest,
+    autocast_for,
+    barrier,
+    resolve_precision,
+    rng_state,
+    set_rng_state,
 )
 from training.evaluate import evaluate_mlm
 from training.masking import MaskingSpec, mask_batch
-from training.metrics import MetricsLogger, plot_curves
-from training.pairs import RetrievalSet, gloss_files, retrieval_set
+from training.metrics import MetricsLogger, RunLog, StepStats
+from training.pairs import RetrievalSet
 from training.schedule import LRSchedule
 
-__all__ = [
-    "DistInfo",
-    "NonFiniteLossError",
-    "TrainResult",
-    "Trainer",
-    "init_distributed",
-    "prepare_tokenizer",
-    "resolve_precision",
-    "run_training",
-]
+__all__ = ["NonFiniteLossError", "StepStats", "TrainResult", "Trainer", "masking_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,38 +96,6 @@ _MASK_STREAM = 0x4D41534B  # "MASK": keeps mask seeds apart from any other use o
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-@dataclass
-class StepStats:
-    """What one optimizer step reports (identical on every rank)."""
-
-    loss: float  # mean micro-batch loss over ranks; nan/inf when the step was skipped
-    finite: bool
-    tokens: int  # tokens processed by all ranks
-    seconds: float
-    lr: float
-    train_accuracy: float | None  # masked-token accuracy of the last micro-batch, if asked
-    stop_requested: bool  # some rank got SIGINT/SIGTERM
-    elapsed: float  # agreed session seconds after the step
-    mlm_loss: float | None = None  # unweighted parts of `loss` (None: that objective is off)
-    contrastive_loss: float | None = None
 
 
 @dataclass
@@ -153,210 +113,6 @@ class TrainResult:
     train_time_s: float
 
 
-def init_distributed(cfg: TrainConfig) -> DistInfo:
-    """DDP from the environment (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if "RANK" not in os.environ or world <= 1:
-        return DistInfo(device=torch.device("cuda" if want_cuda else "cpu"))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if want_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
-
-    On CPUs without it bf16 autocast is emulated and measured slower than fp32 (see README).
-    """
-    if precision != "auto":
-        if precision == "fp16" and device.type != "cuda":
-            raise TrainConfigError("precision='fp16' needs CUDA; use 'bf16' or 'fp32' on CPU")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if _cpu_has_native_bf16() else "fp32"
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype)
-    return contextlib.nullcontext()
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
-
-
-# ----------------------------------------------------------------------------------------------
-# Set-up helpers
-
-
-def prepare_tokenizer(
-    *,
-    output_dir: Path,
-    corpus: Sequence[str],
-    vocab: str | os.PathLike[str] | None,
-    vocab_size: int,
-    cfg: TrainConfig,
-    info: DistInfo,
-    resume: bool,
-) -> Any:
-    """The run's tokenizer, saved in `output_dir/tokenizer/` (rank 0 writes, others then read).
-
-    Resume: the run's own tokenizer. `vocab` given: that one. Otherwise a WordPiece vocabulary of
-    `vocab_size` is trained on the corpus (jsonl files contribute their `text` fields).
-    """
-    from tokenization import WordPieceTokenizer
-
-    tok_dir = output_dir / "tokenizer"
-    if resume and (tok_dir / "vocab.txt").is_file():
-        return WordPieceTokenizer.from_pretrained(tok_dir)
-    if info.is_main:
-        if vocab is not None:
-            tok = WordPieceTokenizer.from_pretrained(vocab)
-        else:
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                files = []
-                for i, path in enumerate(corpus):
-                    if str(path).lower().endswith(".jsonl"):
-                        # The tokenizer trainer reads plain lines: hand it the documents.
-                        txt = Path(tmp) / f"corpus{i}.txt"
-                        txt.write_text("\n".join(iter_documents(path)) + "\n", encoding="utf-8")
-                        files.append(str(txt))
-                    else:
-                        files.append(str(path))
-                tok = WordPieceTokenizer.train(
-                    files,
-                    vocab_size=vocab_size,
-                    min_frequency=cfg.vocab_min_frequency,
-                    lowercase=cfg.lowercase,
-                )
-            logger.info(
-                "trained a %d-token vocabulary in %.1fs", tok.vocab_size, time.perf_counter() - t0
-            )
-        tok_dir.mkdir(parents=True, exist_ok=True)
-        tok.save_pretrained(tok_dir)
-    _barrier(info)
-    return WordPieceTokenizer.from_pretrained(tok_dir)
-
-
-def build_model_config(model_section: dict[str, Any], vocab_size: int, cfg: TrainConfig) -> Any:
-    """BertConfig from the YAML model section, with the tokenizer's real vocabulary size."""
-    import typing
-
-    from model import BertConfig
-
-    hints = typing.get_type_hints(BertConfig)
-    values = {k: coerce_value(f"model.{k}", v, hints[k]) for k, v in model_section.items()}
-    requested = values.get("vocab_size")
-    if requested is not None and requested != vocab_size:
-        logger.info("model.vocab_size %s -> %d (the tokenizer's size)", requested, vocab_size)
-    values["vocab_size"] = vocab_size
-    values["pooling"] = cfg.pooling  # recorded in config.json: servers embed the same way
-    config = BertConfig(**values)
-    if cfg.max_seq_length > config.max_position_embeddings:
-        raise TrainConfigError(
-            f"train.max_seq_length={cfg.max_seq_length} exceeds "
-            f"model.max_position_embeddings={config.max_position_embeddings}"
-        )
-    return config
-
-
-# Model settings a second stage may change: regularisation, not shape (SimCSE needs dropout even
-# when the first stage had none).
-INIT_FROM_ADJUSTABLE = frozenset({"hidden_dropout_prob", "attention_probs_dropout_prob"})
-
-
-def init_checkpoint(cfg: TrainConfig, vocab: str | os.PathLike[str] | None) -> Path | None:
-    """`train.init_from` as a checked directory (None when unset).
-
-    It must hold a model config and a tokenizer; a `--vocab` given as well must be the same
-    vocabulary, since the weights' embedding rows belong to that checkpoint's token ids.
-    """
-    if cfg.init_from is None:
-        return None
-    from tokenization import WordPieceTokenizer
-
-    directory = Path(cfg.init_from)
-    for name, what in (("config.json", "model config"), ("vocab.txt", "tokenizer")):
-        if not (directory / name).is_file():
-            raise TrainConfigError(
-                f"train.init_from={cfg.init_from!r} is not a checkpoint directory: "
-                f"no {name} ({what}) in it"
-            )
-    if vocab is not None:
-        given = WordPieceTokenizer.from_pretrained(vocab)
-        own = WordPieceTokenizer.from_pretrained(directory)
-        if given.vocab != own.vocab or given.lowercase != own.lowercase:
-            raise TrainConfigError(
-                f"--vocab {vocab} is not the vocabulary of train.init_from={cfg.init_from!r} "
-                f"({given.vocab_size} vs {own.vocab_size} tokens, lowercase {given.lowercase} "
-                f"vs {own.lowercase}); leave --vocab out: init_from brings its own tokenizer"
-            )
-    return directory
-
-
-def init_model_config(
-    directory: Path, model_section: dict[str, Any], vocab_size: int, cfg: TrainConfig
-) -> Any:
-    """The BertConfig of an init_from run: the checkpoint's, with this run's pooling.
-
-    Shape settings in the model section must equal the checkpoint's (TrainConfigError names the
-    first that does not); only dropout may differ.
-    """
-    import dataclasses
-    import typing
-
-    from model import BertConfig, ConfigError
-
-    try:
-        base = BertConfig.from_json_file(directory / "config.json")
-    except ConfigError as e:
-        raise TrainConfigError(f"train.init_from: {e}") from None
-    hints = typing.get_type_hints(BertConfig)
-    changes: dict[str, Any] = {}
-    for key, raw in model_section.items():
-        value = coerce_value(f"model.{key}", raw, hints[key])
-        if key in INIT_FROM_ADJUSTABLE:
-            changes[key] = value
-        elif value != getattr(base, key):
-            raise TrainConfigError(
-                f"model.{key}={value!r} does not match the init_from checkpoint {directory} "
-                f"({key}={getattr(base, key)!r}): a run started from a checkpoint keeps its "
-                f"shape and vocabulary; leave {key} out of the model section"
-            )
-    if vocab_size > base.vocab_size:
-        raise TrainConfigError(
-            f"the init_from checkpoint {directory} has a {vocab_size}-token tokenizer but only "
-            f"{base.vocab_size} embedding rows"
-        )
-    config = dataclasses.replace(base, pooling=cfg.pooling, **changes)
-    if cfg.max_seq_length > config.max_position_embeddings:
-        raise TrainConfigError(
-            f"train.max_seq_length={cfg.max_seq_length} exceeds the init_from checkpoint's "
-            f"max_position_embeddings={config.max_position_embeddings}"
-        )
-    return config
-
-
 def masking_spec(tokenizer: Any, cfg: TrainConfig) -> MaskingSpec:
     return MaskingSpec.from_vocab(
         tokenizer.vocab,
@@ -367,53 +123,6 @@ def masking_spec(tokenizer: Any, cfg: TrainConfig) -> MaskingSpec:
         random_token_prob=cfg.random_token_prob,
         whole_word=cfg.whole_word_masking,
     )
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop stops at the next step boundary and checkpoints."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C kills at once
-            raise KeyboardInterrupt
-        logger.warning("signal %d: stopping after this step and saving a checkpoint", signum)
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-# ----------------------------------------------------------------------------------------------
-# The trainer
 
 
 class Trainer:
@@ -448,7 +157,7 @@ class Trainer:
         self.provenance = provenance or {}
         self.precision = resolve_precision(cfg.precision, self.device)
         self.spec = masking_spec(tokenizer, cfg)
-        self.autocast = _autocast(self.precision, self.device)
+        self.autocast = autocast_for(self.precision, self.device)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = BertForMaskedLM(model_config).to(self.device)
@@ -476,6 +185,7 @@ class Trainer:
             warmup_fraction=cfg.warmup_fraction,
             max_steps=cfg.max_steps,
             budget_s=budget,
+            shape=cfg.lr_schedule,
         )
         self.order = RowOrder(len(train_data), cfg.seed)
         self.manager = CheckpointManager(self.output_dir, cfg.keep_last, writer=self.info.is_main)
@@ -504,7 +214,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {**self.schedule.state_dict(), "elapsed_offset": elapsed_s},
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "world_size": self.info.world_size,
             "last_valid": self.last_valid,
         }
@@ -549,7 +259,7 @@ class Trainer:
             fresh = self.last_valid is not None and self._valid_step == self.step
             loss = self.selection_loss(self.last_valid) if fresh and self.last_valid else None
             path = self.manager.save(name, write, step=self.step, valid_loss=loss)
-        _barrier(self.info)
+        barrier(self.info)
         return path
 
     def load(self, checkpoint: Path) -> None:
@@ -580,7 +290,7 @@ class Trainer:
                 self.info.world_size,
             )
         if self.info.is_main:
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         else:  # only rank 0's RNG is saved; the others continue from a derived seed
             torch.manual_seed(self.cfg.seed + 1 + self.info.rank + self.step)
         logger.info("resumed from %s at step %d", checkpoint, self.step)
@@ -604,7 +314,7 @@ class Trainer:
             metrics.update(self.evaluate_retrieval())
             self.last_valid = metrics
             self._valid_step = self.step
-        _barrier(self.info)
+        barrier(self.info)
         return metrics
 
     def evaluate_retrieval(self) -> dict[str, float]:
@@ -813,7 +523,7 @@ class Trainer:
                 f"{self.output_dir} already holds a run (see its 'latest' file); "
                 "pass --resume to continue it or choose another --output-dir"
             )
-        _barrier(info)
+        barrier(info)
 
         step_model: torch.nn.Module = self.model
         if cfg.compile:
@@ -824,46 +534,31 @@ class Trainer:
             step_model = DDP(
                 step_model, device_ids=[info.local_rank] if self.device.type == "cuda" else None
             )
-        metrics = (
-            MetricsLogger(self.output_dir, tensorboard=cfg.tensorboard) if info.is_main else None
-        )
         time_mode = self.schedule.time_based
-        bar = None
-        if info.is_main and cfg.progress_bar:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=int(self.schedule.budget_s) if time_mode else cfg.max_steps,
-                initial=int(self.schedule.elapsed_offset) if time_mode else self.step,
-                unit="s" if time_mode else "step",
-                dynamic_ncols=True,
-                desc="train",
-            )
-        rows_per_step = info.world_size * cfg.grad_accum_steps * cfg.batch_size
-        first_loss = last_loss = None
-        window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
-        window_parts = {"mlm": 0.0, "contrastive": 0.0}
-        session_tokens, session_time = 0, 0.0
+        log = RunLog(
+            MetricsLogger(self.output_dir, tensorboard=cfg.tensorboard) if info.is_main else None,
+            self._progress_bar() if info.is_main and cfg.progress_bar else None,
+            time_mode=time_mode,
+        )
         last_ckpt: Path | None = self.manager.latest() if info.is_main else None
         finished = False
         session_start = time.perf_counter()
         elapsed = 0.0  # this session's wall-clock seconds, agreed between ranks
-        steps_this_session = 0
         logger.info(
             "training %s params, precision %s, %d process(es), %d tokens/step",
             f"{self.model.num_parameters():,}",
             self.precision,
             info.world_size,
-            rows_per_step * cfg.max_seq_length,
+            info.world_size * cfg.grad_accum_steps * cfg.batch_size * cfg.max_seq_length,
         )
 
-        with _StopRequest() as stop:
-            while True:
-                if self.step >= cfg.max_steps or (
-                    time_mode and self.schedule.progress(self.step, elapsed) >= 1.0
-                ):
-                    finished = True  # (also when resuming a run that had already finished)
-                    break
+        def done() -> bool:
+            return self.step >= cfg.max_steps or (
+                time_mode and self.schedule.progress(self.step, elapsed) >= 1.0
+            )
+
+        with StopRequest() as stop:
+            while not (finished := done()):  # (also true when resuming a finished run)
                 if stop_after is not None and self.step >= stop_after:
                     break
                 st = self.train_step(
@@ -873,103 +568,42 @@ class Trainer:
                     stop_requested=stop.requested,
                     want_accuracy=(self.step + 1) % cfg.log_every == 0,
                 )
-                lr, elapsed, stop_requested = st.lr, st.elapsed, st.stop_requested
-                steps_this_session += 1
-                session_tokens += st.tokens
-                session_time += st.seconds
-                window_tokens += st.tokens
-                window_time += st.seconds
-                if st.finite:
-                    window_loss += st.loss
-                    window_n += 1
-                    window_parts["mlm"] += st.mlm_loss or 0.0
-                    window_parts["contrastive"] += st.contrastive_loss or 0.0
+                elapsed = st.elapsed
+                log.add(st)
                 if self.consecutive_nonfinite >= cfg.max_consecutive_nonfinite:
-                    if metrics is not None:
-                        metrics.close()
-                    if bar is not None:
-                        bar.close()
+                    log.close()
                     raise NonFiniteLossError(
                         f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss "
-                        f"or gradient (last at step {self.step - 1}, lr {lr:.3g}); aborting. "
+                        f"or gradient (last at step {self.step - 1}, lr {st.lr:.3g}); aborting. "
                         f"The last good checkpoint is {self.manager.latest()}. Try a lower "
                         "train.lr, a longer warmup, or fp32 precision."
                     )
-                train_acc = st.train_accuracy
-
-                finished_now = self.step >= cfg.max_steps or (
-                    time_mode and self.schedule.progress(self.step, elapsed) >= 1.0
-                )
+                finished_now = done()
+                total = self.schedule.elapsed_offset + elapsed
                 if self.step % cfg.log_every == 0 or finished_now:
-                    record: dict[str, Any] = {
-                        "train_loss": window_loss / window_n if window_n else float("nan"),
-                        "lr": lr,
-                        "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                        "elapsed_s": self.schedule.elapsed_offset + elapsed,
-                        "skipped_steps": self.skipped_steps,
-                    }
-                    if train_acc is not None:
-                        record["train_accuracy"] = train_acc
-                    if self.contrastive is not None and window_n:  # the loss's two parts
-                        if cfg.mlm_weight > 0:
-                            record["train_mlm_loss"] = window_parts["mlm"] / window_n
-                        record["train_contrastive_loss"] = window_parts["contrastive"] / window_n
-                    if window_n:
-                        last_loss = record["train_loss"]
-                        if first_loss is None:
-                            first_loss = last_loss
-                    if metrics is not None:
-                        metrics.log(self.step, record)
-                    if bar is not None:
-                        shown = {"loss": f"{record['train_loss']:.3f}"}
-                        parts = {"mlm": "train_mlm_loss", "nce": "train_contrastive_loss"}
-                        for short, key in parts.items():
-                            if key in record:
-                                shown[short] = f"{record[key]:.3f}"
-                        bar.set_postfix(
-                            **shown, lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
-                        )
-                    window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
-                    window_parts = {"mlm": 0.0, "contrastive": 0.0}
-                if bar is not None:
-                    if time_mode:
-                        bar.update(max(0, int(self.schedule.elapsed_offset + elapsed) - bar.n))
-                    else:
-                        bar.update(1)
-
+                    log.record(self.step, st, elapsed=total, skipped=self.skipped_steps)
+                log.advance(total)
                 periodic_eval = cfg.eval_every and self.step % cfg.eval_every == 0
                 periodic_save = cfg.save_every and self.step % cfg.save_every == 0
-                stopping = stop_requested or (stop_after is not None and self.step >= stop_after)
+                stopping = st.stop_requested or (stop_after is not None and self.step >= stop_after)
                 if not finished_now and (periodic_eval or periodic_save):
                     # Every saved checkpoint carries a fresh validation loss (best tracking).
-                    valid = self.evaluate()
-                    if valid is not None and metrics is not None:
-                        metrics.log(self.step, {f"valid_{k}": v for k, v in valid.items()})
+                    log.valid(self.step, self.evaluate())
                 if not finished_now and (periodic_save or stopping):
-                    last_ckpt = self.save(
-                        self.manager.name_for(self.step), self.schedule.elapsed_offset + elapsed
-                    )
-                if stop_requested:
+                    last_ckpt = self.save(self.manager.name_for(self.step), total)
+                if st.stop_requested:
                     break
 
         total_elapsed = self.schedule.elapsed_offset + elapsed
         final_dir = None
-        if finished and steps_this_session > 0:
-            valid = self.evaluate()
-            if valid is not None and metrics is not None:
-                metrics.log(self.step, {f"valid_{k}": v for k, v in valid.items()})
-            final_dir = self.save("final", total_elapsed)
-            last_ckpt = final_dir
+        if finished and log.steps > 0:
+            log.valid(self.step, self.evaluate())
+            final_dir = last_ckpt = self.save("final", total_elapsed)
         elif finished:
             final_dir = self.output_dir / "final"
             logger.info("run already finished at step %d; nothing to do", self.step)
-        if bar is not None:
-            bar.close()
-        if metrics is not None:
-            metrics.close()
-            if cfg.plot:
-                plot_curves(metrics.path, self.output_dir / "curves.png")
-        _barrier(info)
+        log.close(self.output_dir / "curves.png" if cfg.plot else None)
+        barrier(info)
         return TrainResult(
             output_dir=self.output_dir,
             step=self.step,
@@ -977,128 +611,21 @@ class Trainer:
             final_dir=final_dir,
             last_checkpoint=last_ckpt,
             skipped_steps=self.skipped_steps,
-            first_loss=first_loss,
-            last_loss=last_loss,
+            first_loss=log.first_loss,
+            last_loss=log.last_loss,
             valid=self.last_valid,
-            tokens_per_s=session_tokens / max(session_time, 1e-9),
-            train_time_s=session_time,
+            tokens_per_s=log.tokens_per_s,
+            train_time_s=log.session_time,
         )
 
+    def _progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
 
-def run_training(
-    model_section: dict[str, Any],
-    cfg: TrainConfig,
-    *,
-    corpus: Sequence[str],
-    valid: Sequence[str] | None,
-    output_dir: str | os.PathLike[str],
-    vocab: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    stop_after: int | None = None,
-) -> TrainResult:
-    """Everything `bert-train` does: distributed set-up, tokenizer, data, model, loop."""
-    info = init_distributed(cfg)
-    threads_before = torch.get_num_threads()  # restored: callers (tests, notebooks) share it
-    try:
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        elif info.distributed and info.device.type == "cpu":
-            # N processes on N cores: one intra-op thread each, or they fight over the cores.
-            torch.set_num_threads(1)
-        out = Path(output_dir)
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        _barrier(info)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        init_dir = init_checkpoint(cfg, vocab)
-        tokenizer = prepare_tokenizer(
-            output_dir=out,
-            corpus=corpus,
-            vocab=vocab if init_dir is None else init_dir,
-            vocab_size=int(model_section.get("vocab_size", 16000)),
-            cfg=cfg,
-            info=info,
-            resume=resume,
+        time_mode = self.schedule.time_based
+        return tqdm(
+            total=int(self.schedule.budget_s) if time_mode else self.cfg.max_steps,
+            initial=int(self.schedule.elapsed_offset) if time_mode else self.step,
+            unit="s" if time_mode else "step",
+            dynamic_ncols=True,
+            desc="train",
         )
-        if init_dir is None:
-            model_config = build_model_config(model_section, tokenizer.vocab_size, cfg)
-        else:
-            model_config = init_model_config(init_dir, model_section, tokenizer.vocab_size, cfg)
-        check_objective(model_config, cfg)  # before any data is read
-        if getattr(tokenizer, "model_max_length", 0) > model_config.max_position_embeddings:
-            # Saved with every checkpoint: tokenizers (ours and transformers') then truncate to
-            # what the position table holds.
-            tokenizer.model_max_length = model_config.max_position_embeddings
-        cache = cfg.cache_dir or None
-
-        def load_data() -> tuple[Any, Any, ContrastiveData | None]:
-            train_corpora = load_corpus(corpus, tokenizer, cache)
-            valid_corpora = load_corpus(valid, tokenizer, cache) if valid else None
-            contrastive = None
-            if cfg.contrastive_weight > 0:
-                contrastive = build_contrastive_data(
-                    cfg, tokenizer, corpus=corpus, holdout=valid or [], train_corpora=train_corpora
-                )
-            return train_corpora, valid_corpora, contrastive
-
-        # Rank 0 tokenizes and fills the cache; the others then read it.
-        if info.is_main:
-            train_corpora, valid_corpora, contrastive = load_data()
-        _barrier(info)
-        if not info.is_main:
-            train_corpora, valid_corpora, contrastive = load_data()
-        retrieval = None  # only rank 0 evaluates
-        if info.is_main and valid:
-            rset = retrieval_set(gloss_files(valid))
-            if rset.queries:
-                retrieval = rset
-                logger.info(
-                    "valid retrieval: %d queries, %d candidates",
-                    len(rset.queries),
-                    len(rset.candidates),
-                )
-        seq = cfg.max_seq_length
-        train_data = build_dataset(train_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
-        valid_data = (
-            build_dataset(valid_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
-            if valid_corpora
-            else None
-        )
-        logger.info(
-            "data: %d train rows of %d tokens%s",
-            len(train_data),
-            seq,
-            f", {len(valid_data)} valid rows" if valid_data else "",
-        )
-        trainer = Trainer(
-            model_config=model_config,
-            cfg=cfg,
-            tokenizer=tokenizer,
-            train_data=train_data,
-            valid_data=valid_data,
-            output_dir=out,
-            info=info,
-            provenance={
-                "corpus": [str(p) for p in corpus],
-                "valid": [str(p) for p in valid or []],
-                "vocab": str(vocab) if vocab else None,
-            },
-            contrastive=contrastive,
-            retrieval=retrieval,
-        )
-        result = trainer.train(resume=resume, stop_after=stop_after)
-        if info.is_main:
-            summary = {
-                "step": result.step,
-                "finished": result.finished,
-                "skipped_steps": result.skipped_steps,
-                "tokens_per_s": round(result.tokens_per_s, 1),
-                "valid": result.valid,
-            }
-            logger.info("done: %s", json.dumps(summary))
-        return result
-    finally:
-        torch.set_num_threads(threads_before)
-        if info.distributed and dist.is_initialized():
-            dist.destroy_process_group()
