@@ -11,7 +11,7 @@ CHECKPOINT ?= checkpoints/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-slow reliability lint format bench clean docker-smoke
+.PHONY: install serve test test-slow reliability lint format bench clean docker-smoke ui-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The README's picture of the page at /: every panel filled in, against CHECKPOINT, in headless
+# Chromium (sudo apt-get install -y chromium chromium-driver).
+ui-screenshot: install
+	$(BIN)/python tests/ui_browser.py --checkpoint $(CHECKPOINT) --out docs/ui.png
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

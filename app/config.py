@@ -79,6 +79,9 @@ class ServeConfig(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Logging level."
     )
+    # The page at / (app.routes.ui): static files calling the public API like any client. Off
+    # means / and /ui/* answer 404, for deployments that expose the API alone.
+    ui: bool = Field(default=True, description="Serve the browser page at / (off: 404).")
 
     # --- batching ------------------------------------------------------------------------------
     # Off means one request per forward pass and no waiting (the bench's baseline).

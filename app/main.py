@@ -2,7 +2,8 @@
 
 The lifespan loads the model and starts the batch worker (``ServeState.start``) and stops them in
 ``finally``. Nothing heavy happens at import time or in ``create_app`` itself (it only reads the
-admin token file, so a bad one fails before the server binds a port).
+admin token file, so a bad one fails before the server binds a port). The browser page at ``/``
+(``app.routes.ui``) is mounted unless ``ui`` is off.
 
 Middleware, outermost first: the in-flight count (``InFlight``, which the graceful shutdown in
 ``app.cli`` waits on), observability (request metrics, ``X-Model-Version`` on every response),
@@ -23,7 +24,7 @@ from app.errors import install_error_handlers
 from app.metrics import ServeMetrics
 from app.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from app.registry import ModelRegistry
-from app.routes import admin, inference, ops
+from app.routes import admin, inference, ops, ui
 from app.service import ServeState
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
         # and the OpenAPI schema does not list them. require_admin still refuses (404) on its
         # own, as a second guard.
         app.include_router(admin.router)
+    if config.ui:
+        # The browser page (app.routes.ui): static files outside the OpenAPI schema, so turning
+        # it off leaves the API and its schema exactly as they are.
+        app.include_router(ui.router)
     # add_middleware puts the last one added outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(

@@ -7,8 +7,9 @@ Every lever is a `bert-train` run of `configs/bert_tiny.yaml` with the default c
 vocabulary (unless the lever is the vocabulary), `--time-budget MIN` minutes of training on one
 torch thread per run (`--parallel` runs side by side, one per core, so every run gets the same
 share of the machine), differing from its reference in the listed overrides only. Round 1
-compares position encodings and norms on the old recipe (learned absolute positions, post-LN);
-round 2 varies one lever at a time around the round-1 winner (rotary positions).
+compares position encodings on the old recipe (learned absolute positions, post-LN, lr 2e-3,
+cosine, batch 32, 15% masking 80/10/10); round 2 varies one lever at a time around the round-1
+winner (rotary positions); round 3 puts the round-2 winners together.
 
 For each finished run the table gives: steps, training tokens/s, the valid MLM loss and
 masked-token accuracy the run measured at its end (512 valid rows, fixed masks), and the
@@ -58,6 +59,19 @@ OLD_RECIPE = [
     "0.8",
     "--random_token_prob",
     "0.1",
+]
+
+
+# Round 3: the levers that won round 2, together.
+COMBO = [
+    "--lr",
+    "4e-3",
+    "--adam_beta2",
+    "0.999",
+    "--lr_schedule",
+    "triangular",
+    "--warmup_fraction",
+    "0.5",
 ]
 
 
@@ -117,6 +131,19 @@ LEVERS = [
     ),
     _r2("r_vocab4k", "rotary, 4k vocabulary", vocab="vocab4k"),
     _r2("r_vocab16k", "rotary, 16k vocabulary", vocab="vocab16k"),
+    _r2("r_lr8e3", "rotary, peak lr 8e-3", "--lr", "8e-3"),
+    Lever(
+        "c_bs16",
+        3,
+        "rotary + lr 4e-3 + beta2 0.999 + triangle + batch 16 (the winners together)",
+        (*OLD_RECIPE, *ROPE, *COMBO, "--batch_size", "16"),
+    ),
+    Lever(
+        "c_bs32",
+        3,
+        "rotary + lr 4e-3 + beta2 0.999 + triangle, batch 32",
+        (*OLD_RECIPE, *ROPE, *COMBO, "--batch_size", "32"),
+    ),
 ]
 VOCAB_SIZES = {"vocab4k": 4096, "vocab16k": 16384}
 
