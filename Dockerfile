@@ -34,6 +34,7 @@ RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "$TORCH
     && rm /tmp/requirements.txt
 
 COPY README.md ./
+COPY atomicio/ atomicio/
 COPY tokenization/ tokenization/
 COPY model/ model/
 COPY training/ training/

@@ -14,6 +14,9 @@ refused"; once no request is in flight (probes aside), or ``graceful_shutdown_s`
 signal, uvicorn closes the listener, waits what is left of that period for responses still being
 written, and the process exits 0. A second Ctrl-C stops at once.
 
+A checkpoint that does not load at startup is a user error: the process logs its one-sentence
+reason (not a traceback) and exits with uvicorn's startup-failure status, 3.
+
 Deliberately not here: multiple worker processes (run replicas instead; they can share a models
 volume and follow the same ``current`` pointer with ``--watch``).
 """
@@ -30,8 +33,10 @@ from pathlib import Path
 from types import FrameType
 
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import ConfigFileError, ServeConfig
+from app.errors import CheckpointLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +74,37 @@ def load_config(argv: list[str] | None = None) -> ServeConfig:
         return ServeConfig.load(config_file, **args)
     except (ValidationError, ConfigFileError) as e:
         parser.exit(2, f"bert-serve: invalid configuration:\n{e}\n")
+
+
+class StartupReason:
+    """ASGI wrapper: when the startup checkpoint does not load, uvicorn logs the reason (one
+    sentence) instead of the traceback Starlette puts into ``lifespan.startup.failed``. Any
+    other startup failure keeps its traceback: that one is a bug."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # sent once we know what failed
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except CheckpointLoadError as e:
+            if held:
+                held[:] = [{"type": "lifespan.startup.failed", "message": f"bert-serve: {e}"}]
+            raise
+        finally:
+            for message in held:  # any other failure: the original message, traceback and all
+                await send(message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = Server(
         uvicorn.Config(
-            app,
+            StartupReason(app),
             host=config.host,
             port=config.port,
             log_level=config.log_level,

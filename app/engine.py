@@ -1,9 +1,13 @@
-"""Engine: one loaded checkpoint (model + tokenizer + version) and the work done with it.
+"""Engine: one loaded checkpoint (model + tokenizer + version + capabilities) and the work done
+with it.
 
-* ``load_engine(dir)`` reads ``model.safetensors`` once (its bytes are both hashed and loaded, so
-  the version names exactly the weights in memory), builds the model on the meta device, checks
-  shapes and finiteness (``model.checkpoint.from_hf_state_dict``), checks that the tokenizer fits
-  the embedding matrix, and runs a test forward pass. Any failure is a ``CheckpointLoadError``.
+* ``load_engine(dir)`` loads a checkpoint directory through the one loader,
+  ``model.checkpoint.load_checkpoint`` (ours, a transformers BERT directory of any of the kinds it
+  recognises, or a sentence-transformers one), safetensors only, every file inside the models root
+  when one is given; checks that the tokenizer fits the embedding matrix, and runs a test forward
+  pass. Any failure is a ``CheckpointLoadError`` whose message names the problem.
+* ``Engine.capabilities``: what the model can do (fill-mask needs an MLM head) and the defaults
+  of its embeddings (pooling, normalisation, token limit), which ``/info`` reports.
 * ``Engine.encode*`` turn request texts into ``Encoded`` inputs (run in the tokenizer thread):
   truncation, the token limit, ``[MASK]`` positions, fill-mask targets.
 * ``Engine.run_batch(jobs)`` computes a batch of fill-mask and embedding jobs in one go (run in the
@@ -17,7 +21,6 @@ Only safetensors are loaded (never pickle: a ``pytorch_model.bin`` is refused, c
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,18 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as load_safetensors_bytes
 
 from app.batcher import plan_chunks
 from app.errors import CheckpointLoadError, InputValidationError
-from model import BertConfig, BertForMaskedLM, ModelError, pool
-from model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, from_hf_state_dict
+from model import BertConfig, BertForMaskedLM, Capabilities, ModelError, load_checkpoint, pool
 from tokenization import WordPieceTokenizer
-from tokenization.vocab import VOCAB_FILE
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
 # The fixed cost of one forward pass, in token-equivalents. Measured on a BERT-mini on CPU: a
 # pass costs ~50 tokens' worth of work before its first token (Python dispatch, and streaming
 # every weight matrix from memory, which small batches cannot amortise).
@@ -71,7 +70,7 @@ class EmbedJob:
     """An embedding request: one pooled vector per input."""
 
     inputs: list[Encoded]
-    pooling: str = "mean"
+    pooling: str = "mean"  # one of model.POOLINGS
     normalize: bool = True
 
 
@@ -88,7 +87,8 @@ class Engine:
     tokenizer: WordPieceTokenizer
     path: Path
     sha256: str
-    max_input_tokens: int  # min(configured limit, the model's position embeddings)
+    max_input_tokens: int  # min(configured limit, the model's limit)
+    capabilities: Capabilities
     load_seconds: float = 0.0
 
     @property
@@ -104,18 +104,35 @@ class Engine:
     def config(self) -> BertConfig:
         return self.model.config
 
+    @property
+    def can_fill_mask(self) -> bool:
+        return self.capabilities.fill_mask
+
     def info(self) -> dict[str, Any]:
         """What ``/info`` shows about the model."""
+        caps = self.capabilities
         return {
             "version": self.version,
             "name": self.name,
             "sha256": self.sha256,
-            "config": self.config.to_dict(),
+            # The architecture of the weights as loaded (a BertModel has no MLM head to announce).
+            "config": {**self.config.to_dict(), "architectures": [caps.kind]},
             "vocab_size": self.tokenizer.vocab_size,
             "lowercase": self.tokenizer.lowercase,
             "max_input_tokens": self.max_input_tokens,
             "parameters": self.model.num_parameters(),
             "load_seconds": round(self.load_seconds, 3),
+            "capabilities": {
+                "fill_mask": caps.fill_mask,
+                "embed": True,
+                "sentence_similarity": True,
+                "tokenize": True,
+                "pooling": caps.pooling,
+                "normalize": caps.normalize,
+                "max_tokens": self.max_input_tokens,
+                "kind": caps.kind,
+                "sentence_transformers": caps.sentence_transformers,
+            },
         }
 
     # --- tokenization (tokenizer thread) -------------------------------------------------------
@@ -242,7 +259,7 @@ class Engine:
             ids = torch.tensor([enc.ids + [pad_id] * (T - len(enc)) for _, _, enc in chunk])
             attn = torch.tensor([[1] * len(enc) + [0] * (T - len(enc)) for _, _, enc in chunk])
             fill_rows = [k for k, (j, _, _) in enumerate(chunk) if isinstance(jobs[j], FillMaskJob)]
-            if fill_rows:
+            if fill_rows:  # only ever on a model with an MLM head (ServeState checks)
                 pred = torch.zeros_like(ids, dtype=torch.bool)  # (B, T)
                 for k in fill_rows:
                     pred[k, chunk[k][2].mask_positions] = True
@@ -260,15 +277,15 @@ class Engine:
             else:
                 hidden = self.model.encode(ids, attention_mask=attn)  # (B, T, H)
             embed_rows = [k for k, (j, _, _) in enumerate(chunk) if isinstance(jobs[j], EmbedJob)]
-            if embed_rows:
-                sel = torch.tensor(embed_rows)
+            for pooling in {jobs[chunk[k][0]].pooling for k in embed_rows}:
+                rows_p = [k for k in embed_rows if jobs[chunk[k][0]].pooling == pooling]
+                sel = torch.tensor(rows_p)
                 h, m = hidden.index_select(0, sel), attn.index_select(0, sel)  # (E, T, H), (E, T)
-                mean = pool(h, m, "mean")  # (E, H)
-                for r, k in enumerate(embed_rows):
+                vectors = pool(h, m, pooling)  # (E, H)
+                for r, k in enumerate(rows_p):
                     j, i, _ = chunk[k]
-                    job = jobs[j]
-                    vec = mean[r] if job.pooling == "mean" else h[r, 0]  # (H,)
-                    if job.normalize:
+                    vec = vectors[r]  # (H,)
+                    if jobs[j].normalize:
                         vec = F.normalize(vec, p=2.0, dim=-1)
                     results[j][i] = vec.float().tolist()
         return results
@@ -276,16 +293,21 @@ class Engine:
     def self_test(self) -> None:
         """A forward pass on a fixed input; CheckpointLoadError unless shapes and values are sane."""
         tok = self.tokenizer
-        enc = self.encode_fill_mask([f"the {tok.mask_token} is here ."], truncate=True)
-        job_f = FillMaskJob(inputs=enc, top_k=1)
-        job_e = EmbedJob(inputs=self.encode_many(["a test ."], truncate=True), normalize=False)
+        jobs: list[FillMaskJob | EmbedJob] = []
+        if self.can_fill_mask:
+            enc = self.encode_fill_mask([f"the {tok.mask_token} is here ."], truncate=True)
+            jobs.append(FillMaskJob(inputs=enc, top_k=1))
+        jobs.append(EmbedJob(inputs=self.encode_many(["a test ."], truncate=True), normalize=False))
         try:
-            fill, emb = self.run_batch([job_f, job_e])
+            results = self.run_batch(jobs)
         except (ModelError, RuntimeError, ValueError) as e:
             raise CheckpointLoadError(f"{self.path}: the test forward pass failed ({e})") from e
-        score = fill[0][0][0][1]
-        vec = torch.tensor(emb[0])
-        if not (0.0 <= score <= 1.0) or not bool(torch.isfinite(vec).all()):
+        vec = torch.tensor(results[-1][0])
+        finite = bool(torch.isfinite(vec).all())
+        if self.can_fill_mask:
+            score = results[0][0][0][0][1]
+            finite = finite and 0.0 <= score <= 1.0
+        if not finite:
             raise CheckpointLoadError(f"{self.path}: the test forward pass gave non-finite values")
         if vec.shape != (self.config.hidden_size,):
             raise CheckpointLoadError(
@@ -315,13 +337,6 @@ def _top_candidates(
     ]
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        return path.resolve(strict=True).is_relative_to(root)
-    except (OSError, RuntimeError):  # missing, or a symlink loop
-        return False
-
-
 def load_engine(
     directory: str | Path, *, max_input_tokens: int = 512, root: Path | None = None
 ) -> Engine:
@@ -334,57 +349,33 @@ def load_engine(
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointLoadError(f"checkpoint directory not found: {directory}")
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        found = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        hint = f" (found {', '.join(found)}; convert it with bert-convert)" if found else ""
-        raise CheckpointLoadError(
-            f"{directory}: no {WEIGHTS_NAME}; the server loads only safetensors{hint}"
-        )
-    if root is not None:
-        for name in (WEIGHTS_NAME, CONFIG_NAME, VOCAB_FILE, "tokenizer_config.json"):
-            p = directory / name
-            if (p.exists() or p.is_symlink()) and not _inside(p, root):
-                raise CheckpointLoadError(f"{directory}: {name} resolves outside the models root")
     try:
-        data = weights.read_bytes()
-        sha256 = hashlib.sha256(data).hexdigest()
-        config = BertConfig.from_json_file(directory / CONFIG_NAME)
-        tokenizer = WordPieceTokenizer.from_pretrained(directory)
-        try:
-            raw = load_safetensors_bytes(data)
-        except Exception as e:  # SafetensorError: truncated or corrupt bytes
-            raise CheckpointLoadError(f"{weights}: not a valid safetensors file ({e})") from e
-        del data
-        state = from_hf_state_dict(raw, config, source=str(directory))
-        state = {k: v.float() for k, v in state.items()}
-        # Built on the meta device and filled by assignment: no random init that is overwritten.
-        with torch.device("meta"):
-            model = BertForMaskedLM(config)
-        model.load_state_dict(state, strict=True, assign=True)
-        model.tie_weights()
-        model.eval()
+        loaded = load_checkpoint(
+            directory,
+            BertForMaskedLM,
+            tokenizer_factory=WordPieceTokenizer.from_pretrained,
+            allow_pickle=False,
+            root=root,
+        )
     except (ModelError, ValueError, OSError) as e:
-        if isinstance(e, CheckpointLoadError):
-            raise
         # Model errors usually name the file already; say the path once.
         where = "" if str(directory) in str(e) else f" {directory}"
         raise CheckpointLoadError(f"cannot load checkpoint{where}: {e}") from e
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointLoadError(
-            f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-            f"vocab_size is {config.vocab_size}"
-        )
     engine = Engine(
-        model=model,
-        tokenizer=tokenizer,
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
         path=directory,
-        sha256=sha256,
-        max_input_tokens=min(max_input_tokens, config.max_position_embeddings),
+        sha256=loaded.sha256,
+        max_input_tokens=min(max_input_tokens, loaded.capabilities.max_tokens),
+        capabilities=loaded.capabilities,
     )
     engine.self_test()
     engine.load_seconds = time.perf_counter() - t0
     logger.info(
-        "loaded checkpoint %s as %s in %.2fs", directory, engine.version, engine.load_seconds
+        "loaded checkpoint %s as %s (%s) in %.2fs",
+        directory,
+        engine.version,
+        engine.capabilities.kind,
+        engine.load_seconds,
     )
     return engine

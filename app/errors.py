@@ -40,6 +40,15 @@ class InputValidationError(ServeError, ValueError):
     error_type = "Validation"
 
 
+class UnsupportedError(ServeError):
+    """The serving model cannot do what was asked (fill-mask without an MLM head, text
+    classification without a classifier): a client error about this model, not a server fault
+    (400)."""
+
+    status_code = 400
+    error_type = "Unsupported"
+
+
 class PayloadTooLargeError(ServeError):
     """The request body is larger than ``max_body_bytes`` (413)."""
 

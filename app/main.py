@@ -24,7 +24,7 @@ from app.errors import install_error_handlers
 from app.metrics import ServeMetrics
 from app.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from app.registry import ModelRegistry
-from app.routes import admin, inference, ops, ui
+from app.routes import admin, inference, ops, pipeline, ui
 from app.service import ServeState
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 PROBE_PATHS = frozenset({"/health", "/live", "/metrics"})
 
 API_DESCRIPTION = """\
-Fill-mask and sentence embeddings from a BERT checkpoint, with dynamic batching and hot-swap.
+Fill-mask and sentence embeddings from a BERT checkpoint (ours, any HuggingFace BERT directory or
+a sentence-transformers one), with dynamic batching and hot-swap. `GET /info` says what the
+serving model can do; `POST /` takes what `huggingface_hub.InferenceClient` sends.
 
 Every error is `{"error": "<message>", "error_type": "<Kind>"}`; every response carries
 `X-Model-Version`. The admin API (`/admin/*`) answers 404 unless an admin token is configured.
@@ -64,6 +66,7 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
     app.state.in_flight = in_flight = InFlight(metrics)
     install_error_handlers(app)
     app.include_router(inference.router)
+    app.include_router(pipeline.router)
     app.include_router(ops.router)
     if state.admin_token is not None:
         # Without a token the routes are not mounted at all: every method on /admin/* is 404

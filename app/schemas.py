@@ -5,9 +5,11 @@ the running configuration (inputs per request, tokens per input, ``max_top_k``) 
 ``app.service`` against ``ServeConfig`` and raise ``InputValidationError`` (422) there. Unknown
 fields are rejected (422), so a misspelt option never silently falls back to its default.
 
-Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``, by
-default the checkpoint's), ``/v1/embeddings`` is OpenAI's, ``/fill-mask`` candidates are
-transformers' pipeline dicts.
+Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``;
+``pooling`` and ``normalize`` default to the checkpoint's), ``/v1/embeddings`` is OpenAI's,
+``/fill-mask`` candidates are transformers' pipeline dicts, and ``POST /`` takes what
+``huggingface_hub.InferenceClient`` sends (``PipelineRequest``) and answers in the shapes of
+transformers' pipelines.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 _MAX_LIST = 4096
 
 Inputs = str | Annotated[list[str], Field(max_length=_MAX_LIST)]
+# model.POOLINGS, spelled out for the OpenAPI schema (a test checks they agree).
+Pooling = Literal["mean", "cls", "max", "mean_sqrt_len"]
 
 
 class _Request(BaseModel):
@@ -59,15 +63,21 @@ class EmbedRequest(_Request):
     """text-embeddings-inference's ``/embed`` request, plus ``pooling``."""
 
     inputs: Inputs
-    normalize: bool = True
+    normalize: bool | None = Field(
+        default=None,
+        description="Scale each vector to unit length. Omitted or null: the checkpoint's default "
+        "(true, or for a sentence-transformers directory whether it has a Normalize module).",
+    )
     truncate: bool = False
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
-    pooling: Literal["mean", "cls"] | None = Field(
+    pooling: Pooling | None = Field(
         default=None,
-        description="How token vectors become one vector: 'mean' (over the input's tokens) or "
-        "'cls' (the [CLS] token). Omitted or null: the pooling the serving checkpoint was "
-        "trained with (its config.json 'pooling'; 'mean' when it records none).",
+        description="How token vectors become one vector: 'mean' (over the input's tokens), "
+        "'cls' (the [CLS] token), 'max' (each dimension's maximum over the tokens) or "
+        "'mean_sqrt_len' (the sum over the square root of the token count). Omitted or null: the "
+        "pooling the checkpoint was trained with (its config.json 'pooling', or a "
+        "sentence-transformers directory's Pooling module; 'mean' when it records none).",
     )
 
 
@@ -111,6 +121,58 @@ class TokenInfo(BaseModel):
     special: bool
     start: int | None = Field(description="Character offset of the first covered character.")
     stop: int | None = Field(description="Character offset just past the last covered one.")
+
+
+class SimilarityInputs(_Request):
+    """The sentence-similarity pipeline's inputs."""
+
+    source_sentence: str
+    sentences: Annotated[list[str], Field(min_length=1, max_length=_MAX_LIST)]
+
+
+class PipelineParameters(_Request):
+    """Pipeline parameters: fill-mask's ``top_k`` and ``targets``; text classification's
+    ``function_to_apply`` (refused: no model served here has a classifier)."""
+
+    top_k: int | None = Field(default=None, ge=1, description="Fill-mask candidates per mask.")
+    targets: str | list[str] | None = Field(default=None, description="Fill-mask targets.")
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = Field(
+        default=None, description="Text classification: not supported (400)."
+    )
+
+
+class PipelineRequest(_Request):
+    """``POST /``: what ``huggingface_hub.InferenceClient`` sends, dispatched by its shape and by
+    what the model can do (as text-embeddings-inference's root route dispatches by model):
+
+    - ``inputs`` = ``{"source_sentence", "sentences"}``: sentence similarity -> ``[float]``,
+      the cosine of the source's embedding with each sentence's;
+    - ``parameters`` present (even ``{}``): the model's pipeline, fill-mask (needs an MLM head,
+      else 400 Unsupported; ``function_to_apply`` asks for text classification: 400) -> the
+      fill-mask pipeline's candidates (for one text with one mask a flat list);
+    - otherwise feature extraction, with TEI's top-level ``normalize``, ``truncate`` and
+      ``truncation_direction`` -> ``[[float]]``, one vector per input.
+    """
+
+    inputs: str | Annotated[list[str], Field(max_length=_MAX_LIST)] | SimilarityInputs
+    parameters: PipelineParameters | None = None
+    normalize: bool | None = Field(default=None, description="Feature extraction only.")
+    truncate: bool | None = Field(default=None, description="Feature extraction only.")
+    truncation_direction: Literal["right", "left", "Right", "Left"] | None = Field(
+        default=None, description="Feature extraction only."
+    )
+    prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
+
+
+# POST / answers: fill-mask candidates (flat for one text with one mask, nested per mask and per
+# input otherwise), sentence similarities, or embeddings.
+PipelineResponse = (
+    list[FillMaskCandidate]
+    | list[list[FillMaskCandidate]]
+    | list[list[list[FillMaskCandidate]]]
+    | list[float]
+    | list[list[float]]
+)
 
 
 class ReloadRequest(_Request):

@@ -28,7 +28,7 @@ from fastapi import Request
 from app.batcher import BatchQueue, Pending
 from app.config import ServeConfig
 from app.engine import EmbedJob, Encoded, Engine, FillMaskJob
-from app.errors import InputValidationError, UnhealthyError
+from app.errors import InputValidationError, UnhealthyError, UnsupportedError
 from app.metrics import ServeMetrics
 from app.registry import ModelRegistry
 
@@ -205,6 +205,11 @@ class ServeState:
             for i, t in enumerate(targets):
                 check_unicode(t, f"targets[{i}]")
         engine = self.engine()
+        if not engine.can_fill_mask:
+            raise UnsupportedError(
+                f"the model {engine.version} ({engine.capabilities.kind}) has no "
+                "masked-language-model head, so it cannot fill masks; it serves embeddings"
+            )
 
         def prepare() -> FillMaskJob:
             target_ids = engine.target_ids(targets) if targets is not None else None
@@ -238,25 +243,44 @@ class ServeState:
         texts: list[str],
         *,
         pooling: str | None,
-        normalize: bool,
+        normalize: bool | None,
         truncate: bool,
         direction: str = "right",
         disconnected: Disconnect | None = None,
     ) -> tuple[Engine, list[list[float]], int]:
         """(engine, one vector per input, tokens used).
 
-        ``pooling=None`` means the pooling of the engine that computes the vectors (its
-        config.json's ``pooling``): after a hot swap, the new checkpoint's.
+        ``pooling=None`` and ``normalize=None`` mean the defaults of the engine that computes the
+        vectors (its capabilities: the checkpoint's pooling, and unit vectors unless it is a
+        sentence-transformers directory without a Normalize module): after a hot swap, the new
+        checkpoint's.
         """
         self.check_inputs(texts)
         engine = self.engine()
-        pooling = pooling or engine.config.pooling
+        pooling = pooling or engine.capabilities.pooling
+        if normalize is None:
+            normalize = engine.capabilities.normalize
         encoded: list[Encoded] = await self.in_tokenizer_thread(
             engine.encode_many, texts, truncate=truncate, direction=direction
         )
         job = EmbedJob(inputs=encoded, pooling=pooling, normalize=normalize)
         vectors = await self._compute(engine, job, disconnected)
         return engine, vectors, sum(len(e) for e in encoded)
+
+    async def similarity(
+        self, source: str, sentences: list[str], *, disconnected: Disconnect | None = None
+    ) -> tuple[Engine, list[float]]:
+        """Cosine similarity of ``source`` with each sentence, from the model's embeddings (its
+        pooling), as the sentence-similarity pipeline computes it."""
+        engine, vectors, _ = await self.embed(
+            [source, *sentences],
+            pooling=None,
+            normalize=True,
+            truncate=False,
+            disconnected=disconnected,
+        )
+        first = vectors[0]
+        return engine, [sum(a * b for a, b in zip(first, v, strict=True)) for v in vectors[1:]]
 
     async def tokenize(
         self, texts: list[str], *, add_special_tokens: bool

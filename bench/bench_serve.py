@@ -124,24 +124,41 @@ def free_port() -> int:
 
 
 class Server:
-    """A server subprocess on a free loopback port; always terminated on exit."""
+    """A server subprocess on a free loopback port; always terminated on exit.
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    By default ``python -m <argv>`` with this interpreter; ``command`` runs another program
+    (another venv's server) with ``argv`` as its arguments, ``env`` adds to its environment.
+    Either way ``--port N`` is appended and ``/health`` must answer 200.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.argv = [*argv, "--port", str(self.port)]
+        self.command = [sys.executable, "-m"] if command is None else command
+        self.extra_env = env or {}
         self.url = f"http://{HOST}:{self.port}"
         self.proc: subprocess.Popen | None = None
-        self.log = RESULTS / f"bench_serve_{name}.log"
+        self.log = log or RESULTS / f"bench_serve_{name}.log"
 
     def __enter__(self) -> Server:
         import httpx
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERT_SERVE_")}
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.extra_env)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *self.argv],
+            [*self.command, *self.argv],
             cwd=ROOT,
             env=env,
             stdout=self._log_file,

@@ -10,8 +10,25 @@ import argparse
 import subprocess
 import sys
 
-BENCHES = ("bench_tokenizer", "bench_model", "bench_train", "bench_serve", "bench_retrieval")
-QUICK_CAPABLE = {"bench_model", "bench_train", "bench_serve", "bench_retrieval"}
+BENCHES = (
+    "bench_tokenizer",
+    "bench_model",
+    "bench_train",
+    "bench_serve",
+    "bench_retrieval",
+    "bench_cloze",
+    "bench_embed",
+    "bench_ui",
+)
+QUICK_CAPABLE = {
+    "bench_model",
+    "bench_train",
+    "bench_serve",
+    "bench_retrieval",
+    "bench_cloze",
+    "bench_embed",
+    "bench_ui",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,16 @@
-"""BERT for masked-language modelling with HuggingFace-compatible checkpoints.
+"""BERT for masked-language modelling and sentence embeddings, with HuggingFace-compatible
+checkpoints.
 
 Public surface (the contract with training and serving):
     from model import BertConfig, BertForMaskedLM, CheckpointError, ConfigError, pool
+    from model import Capabilities, LoadedCheckpoint, load_checkpoint   # the one loader
 
-Depends only on torch, safetensors and the stdlib; knows nothing about tokenizers, training
-loops or HTTP.
+Depends only on torch, safetensors, the stdlib and `atomicio`; knows nothing about tokenizers
+(the loader takes a tokenizer factory), training loops or HTTP.
 """
 
 from model.bert import IGNORE_INDEX, POOLINGS, BertForMaskedLM, MaskedLMOutput, pool
+from model.checkpoint import Capabilities, LoadedCheckpoint, load_checkpoint
 from model.config import BertConfig
 from model.errors import CheckpointError, ConfigError, ModelError, ModelInputError
 
@@ -16,10 +19,13 @@ __all__ = [
     "POOLINGS",
     "BertConfig",
     "BertForMaskedLM",
+    "Capabilities",
     "CheckpointError",
     "ConfigError",
+    "LoadedCheckpoint",
     "MaskedLMOutput",
     "ModelError",
     "ModelInputError",
+    "load_checkpoint",
     "pool",
 ]

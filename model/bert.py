@@ -13,7 +13,7 @@ numbers (parity is tested against transformers to 1e-5):
   (B, nh, T, hs) layout with a boolean key mask elsewhere (see `_Layout`). Without padding no
   mask is built at all. Hidden states at padding positions come back as zeros.
 - q, k and v come from one fused Linear (H -> 3H); the checkpoint keeps HF's separate
-  query/key/value tensors (split and concatenated in checkpoint.py).
+  query/key/value tensors (split and concatenated in model/weights.py).
 - `prediction_mask` projects only the selected positions to the vocabulary; for a small BERT
   the (T, H) x (H, V) projection costs more than the whole encoder. With
   `return_hidden=False` the last layer, too, runs only at those positions (its keys and values
@@ -25,7 +25,6 @@ untied output embeddings, attention-probability outputs, gradient checkpointing.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -35,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import POOLINGS, BertConfig
 from model.errors import ModelInputError
+from model.rotary import apply_rotary
 
 IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
 # Devices where padded batches run attention one sequence at a time (see _Layout).
@@ -151,35 +152,6 @@ class Embeddings(nn.Module):
             types = layout.pack(token_type_ids.reshape(B * T))  # (N,)
             x = x + self.token_type(types)  # (N, H)
         return self.dropout(self.norm(x))  # (N, H)
-
-
-def rotary_angles(length: int, head_size: int) -> Tensor:
-    """RoPE's angles (T, hs/2), float64: pair i at position t turns by t / 10000^(2i / hs).
-
-    RoFormer's layout (transformers.RoFormer*): pair i is channels (2i, 2i+1). Float64 as
-    transformers computes its table, so both round the same float32 values.
-    """
-    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
-    return torch.arange(length, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (T, hs/2)
-
-
-@functools.cache
-def _rotary_factors(length: int, head_size: int, device: torch.device) -> Tensor:
-    """e^(i * angle) (T, hs/2) complex64, cached per length and device."""
-    angles = rotary_angles(length, head_size)  # (T, hs/2) float64
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
-
-
-def apply_rotary(x: Tensor) -> Tensor:
-    """Rotate each channel pair of x (B, nh, T, hs) by its position's angle (RoPE).
-
-    The pair (2i, 2i+1) read as the complex number x_2i + i x_2i+1 is multiplied by e^(i angle):
-    x_2i cos - x_2i+1 sin and x_2i+1 cos + x_2i sin, RoFormer's rotation, in one complex
-    multiply (about 3x faster than gathering the pairs; computed in float32 under autocast).
-    """
-    factors = _rotary_factors(x.shape[-2], x.shape[-1], x.device)  # (T, hs/2)
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2)
-    return torch.view_as_real(pairs * factors).flatten(-2).to(x.dtype)  # (B, nh, T, hs)
 
 
 class SelfAttention(nn.Module):
@@ -306,22 +278,31 @@ def pool(
     pooling: str = "mean",
     normalize: bool = False,
 ) -> Tensor:
-    """Sentence embeddings (B, H) from hidden states (B, T, H).
+    """Sentence embeddings (B, H) from hidden states (B, T, H), as sentence-transformers pools.
 
-    "mean" averages the non-padding tokens (all tokens if attention_mask is None; a row without
-    any real token gives zeros); "cls" takes the first token. normalize=True scales each row to
-    unit L2 norm. Example: hidden [[[1, 1], [3, 3], [9, 9]]], mask [[1, 1, 0]] -> [[2, 2]].
+    Over the non-padding tokens (all tokens if attention_mask is None): "mean" averages them,
+    "mean_sqrt_len" sums them and divides by sqrt(their number), "max" takes each channel's
+    maximum; "cls" takes the first token. A row without any real token gives zeros.
+    normalize=True scales each row to unit L2 norm.
+    Example: hidden [[[1, 1], [3, 3], [9, 9]]], mask [[1, 1, 0]] -> mean [[2, 2]], max [[3, 3]].
     """
+    if pooling not in POOLINGS:
+        raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling == "cls":
         out = hidden[:, 0]  # (B, H)
-    elif pooling == "mean":
-        if attention_mask is None:
-            out = hidden.mean(dim=1)  # (B, H)
-        else:
-            m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-            out = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # (B, H)
     else:
-        raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if attention_mask is None:
+            attention_mask = hidden.new_ones(hidden.shape[:2])  # (B, T)
+        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        count = m.sum(dim=1)  # (B, 1)
+        if pooling == "max":
+            # Padding must never win the maximum (hidden states there are zeros).
+            masked = hidden.masked_fill(m == 0, float("-inf"))  # (B, T, H)
+            out = masked.max(dim=1).values.masked_fill(count == 0, 0.0)  # (B, H)
+        else:
+            total = (hidden * m).sum(dim=1)  # (B, H)
+            denominator = count if pooling == "mean" else count.sqrt()
+            out = total / denominator.clamp(min=1.0)  # (B, H)
     return F.normalize(out, p=2.0, dim=-1) if normalize else out
 
 
@@ -333,10 +314,14 @@ class BertForMaskedLM(nn.Module):
     """BERT encoder + MLM head (+ optional NSP head), HF-checkpoint compatible.
 
     `nsp_head=True` adds BERT's pooler and next-sentence classifier (`cls.seq_relationship` in
-    HF checkpoints); without it those weights are ignored on load.
+    HF checkpoints); without it those weights are ignored on load. `mlm_head=False` is the
+    encoder alone (transformers' BertModel, e.g. a sentence-transformers checkpoint): `encode`
+    and `embed` work, `forward` (MLM logits) raises ModelInputError.
     """
 
-    def __init__(self, config: BertConfig, *, nsp_head: bool = False) -> None:
+    def __init__(
+        self, config: BertConfig, *, nsp_head: bool = False, mlm_head: bool = True
+    ) -> None:
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
@@ -347,7 +332,7 @@ class BertForMaskedLM(nn.Module):
             if config.norm_position == "pre"
             else None
         )
-        self.mlm_head = MLMHead(config, self.embeddings.word)
+        self.mlm_head = MLMHead(config, self.embeddings.word) if mlm_head else None
         self.nsp_head = NSPHead(config) if nsp_head else None
         self.apply(self._init_weights)
 
@@ -357,7 +342,7 @@ class BertForMaskedLM(nn.Module):
         """BERT's init: normal(0, initializer_range) weights, zero biases, LayerNorm = identity."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            if module is self.mlm_head.decoder:
+            if self.mlm_head is not None and module is self.mlm_head.decoder:
                 return  # tied: initialised as the word embedding
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -396,7 +381,8 @@ class BertForMaskedLM(nn.Module):
 
     def tie_weights(self) -> None:
         """Make the MLM decoder weight the word-embedding Parameter again (after a weight swap)."""
-        self.mlm_head.decoder.weight = self.embeddings.word.weight
+        if self.mlm_head is not None:
+            self.mlm_head.decoder.weight = self.embeddings.word.weight
 
     @property
     def device(self) -> torch.device:
@@ -526,6 +512,11 @@ class BertForMaskedLM(nn.Module):
                     "labels has labelled positions outside prediction_mask; "
                     "pass prediction_mask=labels.ne(-100)"
                 )
+        if self.mlm_head is None:
+            raise ModelInputError(
+                "this model has no masked-language-model head (an encoder-only checkpoint): "
+                "use encode() or embed()"
+            )
         if not return_hidden and (prediction_mask is None or self.nsp_head is not None):
             raise ModelInputError(
                 "return_hidden=False needs a prediction_mask and a model without NSP head"
@@ -589,21 +580,19 @@ class BertForMaskedLM(nn.Module):
         *,
         nsp_head: bool = False,
     ) -> BertForMaskedLM:
-        """Load our checkpoint directory or a HuggingFace BERT directory (see checkpoint.py).
+        """The model of a checkpoint directory (ours, a HuggingFace BERT directory or a
+        sentence-transformers one), through the one loader, `model.checkpoint.load_checkpoint`.
 
-        dtype=None gives float32, whatever the file stores. The model is returned in eval mode.
+        dtype=None gives float32, whatever the file stores. The model is returned in eval mode;
+        an encoder-only checkpoint gives a model without MLM head.
         """
-        from model.checkpoint import load_pretrained
-
-        return load_pretrained(
-            cls, directory, map_location=map_location, dtype=dtype, nsp_head=nsp_head
-        )
+        return load_checkpoint(
+            directory, cls, map_location=map_location, dtype=dtype, nsp_head=nsp_head
+        ).model
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json + model.safetensors (HF BertForMaskedLM key names), atomically."""
-        from model.checkpoint import save_pretrained
-
-        save_pretrained(self, directory)
+        """Write config.json + model.safetensors (transformers' names), atomically."""
+        save_checkpoint(self, directory)
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (the tied decoder weight counted once)."""

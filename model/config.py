@@ -3,8 +3,9 @@
 The field names and defaults are those of `transformers.BertConfig`, so a HuggingFace
 `config.json` means the same thing here (a key left out of such a file means the HF default),
 plus two fields of ours: `norm_position` ("post" = BERT/HF, "pre" = pre-LN with a final LayerNorm)
-and `pooling` ("mean" or "cls": how the checkpoint was trained to make sentence embeddings, the
-default of servers and evaluations; a HF config.json without it means "mean"). transformers keeps
+and `pooling` (one of `POOLINGS`: how the checkpoint makes sentence embeddings, the default of
+servers and evaluations; a HF config.json without it means "mean", and a sentence-transformers
+directory's Pooling module sets it on load, see `model/layout.py`). transformers keeps
 unknown keys as plain attributes, so both travel through `transformers.BertConfig` unharmed.
 All validation lives in `__post_init__` and `from_dict`; both raise `ConfigError` naming the field.
 
@@ -32,7 +33,9 @@ NORM_POSITIONS = ("post", "pre")
 # "absolute": BERT's learned position table added to the embeddings; "rotary": RoPE (RoFormer's
 # layout: interleaved pairs, base 10000) applied to queries and keys, no position table.
 POSITION_EMBEDDING_TYPES = ("absolute", "rotary")
-POOLINGS = ("mean", "cls")
+# Sentence-embedding poolings (see model.bert.pool): the mean of the tokens, the [CLS] token, the
+# per-channel maximum, and the sum over sqrt(length) (sentence-transformers' mean_sqrt_len_tokens).
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
 
 # HF config keys that do not change the computation of a BERT encoder with an MLM head: metadata,
 # training-time settings, classification-head settings and generation defaults written by
@@ -211,7 +214,9 @@ class BertConfig:
                 f"rotary position embeddings need an even head size, got {self.head_size}"
             )
         if self.pooling not in POOLINGS:
-            raise ConfigError(f"BertConfig.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+            raise ConfigError(
+                f"BertConfig.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
+            )
 
     @property
     def head_size(self) -> int:

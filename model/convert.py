@@ -1,18 +1,22 @@
 """`bert-convert`: convert and validate checkpoint directories.
 
     bert-convert --from-hf HF_DIR --out DIR   HuggingFace BERT dir (model.safetensors or
-                                             pytorch_model.bin) -> our dir; copies vocab.txt and
-                                             tokenizer_config.json (writes the latter if absent)
+                                             pytorch_model.bin; BertForMaskedLM, BertForPreTraining,
+                                             BertModel or a sentence-transformers directory) -> our
+                                             dir; copies the tokenizer files (writes a
+                                             tokenizer_config.json beside a bare vocab.txt)
     bert-convert --to-hf DIR [--out HF_DIR]   our post-LN dir already is the HF format
                                              (BertForMaskedLM, or RoFormerForMaskedLM for rotary
                                              positions): validate it (and copy it with --out);
                                              pre-LN is refused
     bert-convert --check DIR                  validate a checkpoint directory and summarise it
 
-Every command loads the weights through `BertForMaskedLM.from_pretrained`, so it checks what the
-server and trainer will check (config, names, shapes, NaN/Inf). User errors print one line on
-stderr and exit with status 1, never a traceback. It does not touch the tokenizer beyond copying
-its files and comparing the vocab.txt size to the config.
+Every command loads the weights through the one loader (`model.checkpoint.load_checkpoint`), so it
+checks what the server and trainer will check (layout, config, names, shapes, NaN/Inf) and reports
+the kind of checkpoint and what it can do. User errors print one line on stderr and exit with
+status 1, never a traceback. It does not read the tokenizer beyond copying its files and comparing
+its vocabulary size to the config: `model/` may not import `tokenization/`, so the tokenizer
+file names are listed here (the same as `tokenization.files.TOKENIZER_FILES`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,20 @@ import shutil
 import sys
 from pathlib import Path
 
+from atomicio import atomic_write_files
 from model.bert import BertForMaskedLM
-from model.checkpoint import atomic_write_files
+from model.checkpoint import LoadedCheckpoint, load_checkpoint
 from model.errors import ModelError
 
 VOCAB_NAME = "vocab.txt"
+TOKENIZER_JSON_NAME = "tokenizer.json"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+TOKENIZER_FILES = (
+    VOCAB_NAME,
+    TOKENIZER_JSON_NAME,
+    TOKENIZER_CONFIG_NAME,
+    "special_tokens_map.json",
+)
 PROG = "bert-convert"
 
 
@@ -37,40 +49,62 @@ class ConvertError(ModelError):
     """A user-facing problem with the directories given to bert-convert."""
 
 
-def _load(directory: Path) -> BertForMaskedLM:
+def _load(directory: Path) -> LoadedCheckpoint:
     if not directory.is_dir():
         raise ConvertError(f"{directory}: not a directory")
-    return BertForMaskedLM.from_pretrained(directory)
+    return load_checkpoint(directory, BertForMaskedLM)
 
 
-def _summary(model: BertForMaskedLM) -> str:
+def _summary(loaded: LoadedCheckpoint) -> str:
+    model, caps = loaded.model, loaded.capabilities
     c = model.config
     positions = "rotary" if c.position_embedding_type == "rotary" else "learned"
+    kind = caps.kind + (
+        " in a sentence-transformers directory" if caps.sentence_transformers else ""
+    )
+    tasks = "fill-mask and embeddings" if caps.fill_mask else "embeddings only (no MLM head)"
     return (
-        f"BERT {c.norm_position}-LN, {positions} positions: L={c.num_hidden_layers} "
-        f"H={c.hidden_size} "
-        f"A={c.num_attention_heads} I={c.intermediate_size} V={c.vocab_size} "
-        f"max_len={c.max_position_embeddings}, {model.num_parameters():,} parameters"
+        f"{kind}, {tasks} ({caps.pooling} pooling{', normalized' if caps.normalize else ''}, "
+        f"up to {caps.max_tokens} tokens); BERT {c.norm_position}-LN, {positions} positions: "
+        f"L={c.num_hidden_layers} H={c.hidden_size} A={c.num_attention_heads} "
+        f"I={c.intermediate_size} V={c.vocab_size} max_len={c.max_position_embeddings}, "
+        f"{model.num_parameters():,} parameters"
     )
 
 
-def _vocab_report(directory: Path, model: BertForMaskedLM) -> list[str]:
-    """Lines about the tokenizer files; raises ConvertError if vocab.txt cannot fit the model."""
-    vocab = directory / VOCAB_NAME
-    if not vocab.is_file():
-        return [f"warning: no {VOCAB_NAME} in {directory}: no tokenizer, the server cannot use it"]
-    # One token per line, as BertTokenizer reads it.
-    n_tokens = len(vocab.read_text(encoding="utf-8").splitlines())
-    if n_tokens > model.config.vocab_size:
+def _count_tokens(directory: Path) -> int | None:
+    """Tokens of the tokenizer's vocabulary (vocab.txt lines, or tokenizer.json's vocabulary)."""
+    if (directory / TOKENIZER_JSON_NAME).is_file():
+        try:
+            data = json.loads((directory / TOKENIZER_JSON_NAME).read_text(encoding="utf-8"))
+            return len(data["model"]["vocab"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConvertError(f"{directory / TOKENIZER_JSON_NAME}: cannot read it ({e})") from e
+    if (directory / VOCAB_NAME).is_file():
+        # One token per line, as BertTokenizer reads it.
+        return len((directory / VOCAB_NAME).read_text(encoding="utf-8").splitlines())
+    return None
+
+
+def _vocab_report(loaded: LoadedCheckpoint) -> list[str]:
+    """Lines about the tokenizer files; raises ConvertError if the vocabulary cannot fit the model."""
+    directory, config = loaded.layout.model_dir, loaded.model.config
+    n_tokens = _count_tokens(directory)
+    if n_tokens is None:
+        return [
+            f"warning: no {VOCAB_NAME} or {TOKENIZER_JSON_NAME} in {directory}: no tokenizer, "
+            "the server cannot use it"
+        ]
+    if n_tokens > config.vocab_size:
         raise ConvertError(
-            f"{vocab} has {n_tokens} tokens but config.json vocab_size is "
-            f"{model.config.vocab_size}: ids would fall outside the embedding table"
+            f"{directory}: the tokenizer has {n_tokens} tokens but config.json vocab_size is "
+            f"{config.vocab_size}: ids would fall outside the embedding table"
         )
-    lines = [f"{VOCAB_NAME}: {n_tokens} tokens"]
-    if n_tokens < model.config.vocab_size:
+    lines = [f"tokenizer: {n_tokens} tokens"]
+    if n_tokens < config.vocab_size:
         lines.append(
-            f"note: {VOCAB_NAME} has fewer tokens ({n_tokens}) than vocab_size "
-            f"({model.config.vocab_size}); the extra embedding rows are unused"
+            f"note: the tokenizer has fewer tokens ({n_tokens}) than vocab_size "
+            f"({config.vocab_size}); the extra embedding rows are unused"
         )
     if not (directory / TOKENIZER_CONFIG_NAME).is_file():
         lines.append(f"warning: no {TOKENIZER_CONFIG_NAME} in {directory}")
@@ -99,7 +133,7 @@ def _copy_tokenizer_files(src: Path, out: Path, model: BertForMaskedLM) -> list[
         return []
     writers = {}
     lines = []
-    for name in (VOCAB_NAME, TOKENIZER_CONFIG_NAME):
+    for name in TOKENIZER_FILES:
         if (src / name).is_file():
             writers[out / name] = lambda p, s=src / name: shutil.copyfile(s, p)
             lines.append(f"copied {name}")
@@ -113,36 +147,46 @@ def _copy_tokenizer_files(src: Path, out: Path, model: BertForMaskedLM) -> list[
 
 
 def from_hf(src: Path, out: Path) -> list[str]:
-    model = _load(src)
-    report = _vocab_report(src, model)
-    model.save_pretrained(out)
-    report += _copy_tokenizer_files(src, out, model)
-    return [f"converted {src} -> {out}", _summary(model), *report]
+    loaded = _load(src)
+    report = _vocab_report(loaded)
+    loaded.model.save_pretrained(out)
+    report += _copy_tokenizer_files(loaded.layout.model_dir, out, loaded.model)
+    sentence = loaded.layout.sentence
+    if sentence is not None:
+        report.append(
+            f"note: the pooling ({sentence.pooling}) is recorded in config.json; the "
+            "sentence-transformers Normalize module, max_seq_length and do_lower_case are not: "
+            f"serve {src} itself to keep them"
+        )
+    return [f"converted {src} -> {out}", _summary(loaded), *report]
 
 
 def to_hf(directory: Path, out: Path | None) -> list[str]:
-    model = _load(directory)
+    loaded = _load(directory)
+    model = loaded.model
     if model.config.norm_position == "pre":
         raise ConvertError(
             f"{directory} is a pre-LN model: transformers' BertForMaskedLM and "
             "RoFormerForMaskedLM (post-LN) cannot represent it, so there is no HuggingFace export"
         )
-    arch = model.config.to_dict()["architectures"][0]
     report = [
-        f"{directory} already is a HuggingFace {arch} directory (config.json + "
-        "model.safetensors with transformers' names); nothing to convert. Validated:",
-        _summary(model),
-        *_vocab_report(directory, model),
+        f"{directory} already is a HuggingFace {loaded.capabilities.kind} directory (config.json "
+        "+ model.safetensors with transformers' names); nothing to convert. Validated:",
+        _summary(loaded),
+        *_vocab_report(loaded),
     ]
     if out is not None:
         model.save_pretrained(out)
-        report += [f"copied to {out}", *_copy_tokenizer_files(directory, out, model)]
+        report += [
+            f"copied to {out}",
+            *_copy_tokenizer_files(loaded.layout.model_dir, out, model),
+        ]
     return report
 
 
 def check(directory: Path) -> list[str]:
-    model = _load(directory)
-    return [f"{directory}: OK", _summary(model), *_vocab_report(directory, model)]
+    loaded = _load(directory)
+    return [f"{directory}: OK", _summary(loaded), *_vocab_report(loaded)]
 
 
 def build_parser() -> argparse.ArgumentParser:

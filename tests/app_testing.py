@@ -1,6 +1,6 @@
 """Helpers for the app tests: tiny seeded checkpoints and a ServeConfig for them.
 
-Not a test module (no ``test_`` prefix); imported by tests/test_app*.py.
+Not a test module (no ``test_`` prefix); imported by tests/app/ and tests/reliability/.
 """
 
 from __future__ import annotations

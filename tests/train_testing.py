@@ -1,6 +1,6 @@
 """Helpers for the training tests: a tiny corpus, a tiny vocabulary and tiny run settings.
 
-Not a test module (no ``test_`` prefix); imported by tests/test_train_*.py and test_data_*.py.
+Not a test module (no ``test_`` prefix); imported by tests/training/ and tests/reliability/.
 Everything is sized so that a training run of a few dozen steps takes about a second on 2 cores:
 hidden 32, 2 layers, rows of 32 tokens, batches of 8, a vocabulary of ~600 tokens.
 """

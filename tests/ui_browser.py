@@ -9,7 +9,7 @@
 * ``python tests/ui_browser.py --checkpoint checkpoints/default --out docs/ui.png``: a screenshot
   of the whole page with every panel filled in (the README's picture).
 
-Not a test module (no ``test_`` prefix); imported by tests/test_app_ui_browser.py. Deliberately
+Not a test module (no ``test_`` prefix); imported by tests/app/test_app_ui_browser.py. Deliberately
 no browser installation here: ``browser_missing`` says what is absent and how to install it.
 """
 

@@ -4,9 +4,11 @@
     tok = WordPieceTokenizer.from_pretrained("checkpoints/default")
     tok.encode("The cat sat on the [MASK].").ids
 
-Deliberately not here: tensors, model code, or anything outside the standard library.
+Deliberately not here: tensors, model code, or anything outside the standard library (besides
+`atomicio`, the dependency-free atomic-write helper every package shares).
 """
 
+from .files import TokenizerSettings, has_tokenizer, read_tokenizer_dir
 from .normalization import basic_tokenize, normalized_text, split_words
 from .tokenizer import Encoding, WordPieceTokenizer
 from .vocab import SPECIAL_TOKENS, VocabError
@@ -14,9 +16,12 @@ from .vocab import SPECIAL_TOKENS, VocabError
 __all__ = [
     "SPECIAL_TOKENS",
     "Encoding",
+    "TokenizerSettings",
     "VocabError",
     "WordPieceTokenizer",
     "basic_tokenize",
+    "has_tokenizer",
     "normalized_text",
+    "read_tokenizer_dir",
     "split_words",
 ]

@@ -7,9 +7,11 @@ uses today (the Rust `BertNormalizer` + `BertPreTokenizer` of `tokenizers`):
 - characters U+0000, U+FFFD and "other" characters (categories Cc, Cf, Co, Cs; tab, newline and
   carriage return excepted) are removed, so ``"a\\u200bb"`` is one word ``"ab"``;
 - Unicode whitespace (``\\t \\n \\r``, Zs, U+2028/U+2029) separates words;
-- every CJK ideograph becomes a word of its own;
-- when lowercasing, accents are stripped (NFD, then non-spacing marks dropped) and every character
-  is lowercased on its own (so ``"ΟΔΟΣ"`` gives ``"οδοσ"``: no Greek final-sigma rule);
+- every CJK ideograph becomes a word of its own (unless ``split_cjk`` is off:
+  ``tokenize_chinese_chars: false``);
+- accents are stripped (NFD, then non-spacing marks dropped) when ``strip_accents`` is true, or
+  when it is None and lowercasing (BERT's rule); when lowercasing, every character is lowercased
+  on its own (so ``"ΟΔΟΣ"`` gives ``"οδοσ"``: no Greek final-sigma rule);
 - punctuation (Unicode P* plus the ASCII symbol ranges) is split off as single-character words.
 
 Example: ``split_words("Héllo, wörld!")`` -> ``[("hello", 0, 5), (",", 5, 6), ("world", 7, 12),
@@ -80,26 +82,33 @@ def is_cjk(char: str) -> bool:
     )
 
 
-def _normalize_char(char: str, lowercase: bool) -> str:
+def _normalize_char(char: str, lowercase: bool, strip_accents: bool | None = None) -> str:
     """One original character -> its normalised form (possibly empty or several characters).
 
-    ``"É"`` -> ``"e"`` when lowercasing, ``"\\u200b"`` -> ``""``.
+    ``"É"`` -> ``"e"`` when lowercasing, ``"\\u200b"`` -> ``""``. ``strip_accents`` None follows
+    ``lowercase``, as in BERT (and transformers' ``BertNormalizer``).
     """
     if is_removed(char):
         return ""
-    if not lowercase:
-        return char
-    decomposed = unicodedata.normalize("NFD", char)
-    stripped = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
-    return "".join(c.lower() for c in stripped)
+    if strip_accents is None:
+        strip_accents = lowercase
+    if strip_accents:
+        decomposed = unicodedata.normalize("NFD", char)
+        char = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    if lowercase:
+        return "".join(c.lower() for c in char)
+    return char
 
 
-def split_chunk(chunk: str, lowercase: bool = True) -> list[tuple[str, int, int]]:
+def split_chunk(
+    chunk: str, lowercase: bool = True, strip_accents: bool | None = None, split_cjk: bool = True
+) -> list[tuple[str, int, int]]:
     """Split one whitespace-free chunk into normalised words with spans relative to the chunk.
 
     ``split_chunk("Don't")`` -> ``[("don", 0, 3), ("'", 3, 4), ("t", 4, 5)]``.
     """
     if chunk.isascii() and _ASCII_CONTROL_RE.search(chunk) is None:
+        # Accents and CJK characters are not ASCII: only the case matters here.
         text = chunk.lower() if lowercase else chunk
         return [(m.group(), m.start(), m.end()) for m in _ASCII_WORD_RE.finditer(text)]
 
@@ -113,11 +122,11 @@ def split_chunk(chunk: str, lowercase: bool = True) -> list[tuple[str, int, int]
             current.clear()
 
     for i, char in enumerate(chunk):
-        normalized = _normalize_char(char, lowercase)
+        normalized = _normalize_char(char, lowercase, strip_accents)
         for c in normalized:
             if is_whitespace(c):  # lowercasing never yields whitespace, but be safe
                 flush()
-            elif is_cjk(c) or is_punctuation(c):
+            elif (split_cjk and is_cjk(c)) or is_punctuation(c):
                 flush()
                 words.append((c, i, i + 1))
             else:
@@ -129,7 +138,9 @@ def split_chunk(chunk: str, lowercase: bool = True) -> list[tuple[str, int, int]
     return words
 
 
-def split_words(text: str, lowercase: bool = True) -> list[tuple[str, int, int]]:
+def split_words(
+    text: str, lowercase: bool = True, strip_accents: bool | None = None, split_cjk: bool = True
+) -> list[tuple[str, int, int]]:
     """Basic-tokenize a whole text into ``(word, start, end)`` with spans in the original text.
 
     ``split_words("Héllo, wörld!")`` -> ``[("hello", 0, 5), (",", 5, 6), ("world", 7, 12), ("!", 12, 13)]``.
@@ -137,15 +148,20 @@ def split_words(text: str, lowercase: bool = True) -> list[tuple[str, int, int]]
     out: list[tuple[str, int, int]] = []
     for m in CHUNK_RE.finditer(text):
         base = m.start()
-        out.extend((w, base + s, base + e) for w, s, e in split_chunk(m.group(), lowercase))
+        words = split_chunk(m.group(), lowercase, strip_accents, split_cjk)
+        out.extend((w, base + s, base + e) for w, s, e in words)
     return out
 
 
-def basic_tokenize(text: str, lowercase: bool = True) -> list[str]:
+def basic_tokenize(
+    text: str, lowercase: bool = True, strip_accents: bool | None = None, split_cjk: bool = True
+) -> list[str]:
     """The normalised words of ``text``: ``"Héllo, wörld!"`` -> ``["hello", ",", "world", "!"]``."""
-    return [w for w, _, _ in split_words(text, lowercase)]
+    return [w for w, _, _ in split_words(text, lowercase, strip_accents, split_cjk)]
 
 
-def normalized_text(text: str, lowercase: bool = True) -> str:
+def normalized_text(
+    text: str, lowercase: bool = True, strip_accents: bool | None = None, split_cjk: bool = True
+) -> str:
     """BERT's normalised text, words joined by single spaces: ``"Héllo,wörld"`` -> ``"hello , world"``."""
-    return " ".join(basic_tokenize(text, lowercase))
+    return " ".join(basic_tokenize(text, lowercase, strip_accents, split_cjk))

@@ -8,8 +8,13 @@ Speed comes from caching whole whitespace-separated chunks: normalisation and Wo
 only on the chunk, so a repeated chunk costs one dict lookup. Offsets and token strings are
 computed on first access, like the Rust tokenizer's Python bindings do.
 
+Settings (see `tokenization/files.py` for how a directory's files give them): lowercasing,
+accent stripping, CJK splitting, and the special tokens at any ids (a `[PAD]` need not be id 0),
+plus further special tokens, all matched whole in the text before normalisation as transformers
+does.
+
 Deliberately not handled: tensors (this package is standard library only; callers build them),
-added tokens beyond the five BERT specials, and stride/overflow windows for long texts.
+added tokens that are not special, and stride/overflow windows for long texts.
 """
 
 from __future__ import annotations
@@ -17,25 +22,26 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from atomicio import atomic_write_files
+
+from .files import DEFAULT_MAX_LENGTH, TokenizerSettings, read_tokenizer_dir
 from .normalization import CHUNK_RE, normalized_text, split_chunk
 from .vocab import (
     CONFIG_FILE,
+    DEFAULT_SPECIALS,
+    SPECIAL_ROLES,
     SPECIAL_TOKENS,
     VOCAB_FILE,
     VocabError,
-    atomic_write_text,
-    read_tokenizer_config,
-    read_vocab,
     tokenizer_config,
     validate_vocab,
-    write_vocab,
+    vocab_text,
 )
 from .wordpiece import PREFIX, wordpiece
 
-_SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 _CACHE_LIMIT = 200_000
 
 # A cached chunk: its piece ids and, per piece, the span relative to the chunk start.
@@ -104,30 +110,79 @@ class Encoding:
 class WordPieceTokenizer:
     """BERT WordPiece tokenizer: lowercasing (default) or cased, ``[CLS] A [SEP] B [SEP]`` layout."""
 
-    def __init__(self, vocab: Sequence[str], lowercase: bool = True, model_max_length: int = 512):
-        if not isinstance(lowercase, bool):
-            raise TypeError(f"lowercase must be a bool, got {type(lowercase).__name__}")
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        lowercase: bool = True,
+        model_max_length: int = DEFAULT_MAX_LENGTH,
+        *,
+        strip_accents: bool | None = None,
+        tokenize_chinese_chars: bool = True,
+        special_tokens: Mapping[str, str] | None = None,
+        extra_special_tokens: Sequence[str] = (),
+    ):
+        for name, value in (
+            ("lowercase", lowercase),
+            ("tokenize_chinese_chars", tokenize_chinese_chars),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        if strip_accents is not None and not isinstance(strip_accents, bool):
+            raise TypeError(
+                f"strip_accents must be a bool or None, got {type(strip_accents).__name__}"
+            )
         if isinstance(vocab, (str, bytes)) or not all(isinstance(t, str) for t in vocab):
             raise TypeError("vocab must be a sequence of token strings")
         if not isinstance(model_max_length, int) or model_max_length < 2:
             raise ValueError(f"model_max_length must be an int >= 2, got {model_max_length!r}")
+        specials = {**DEFAULT_SPECIALS, **(special_tokens or {})}
+        unknown = sorted(set(specials) - set(SPECIAL_ROLES))
+        if unknown:
+            raise ValueError(f"unknown special token role(s) {unknown}; roles are {SPECIAL_ROLES}")
         self._itos: list[str] = list(vocab)
-        self.vocab: dict[str, int] = validate_vocab(self._itos)
-        self.lowercase = lowercase
-        self.model_max_length = model_max_length
-        self.pad_token, self.unk_token, self.cls_token, self.sep_token, self.mask_token = (
-            SPECIAL_TOKENS
+        self.vocab: dict[str, int] = validate_vocab(
+            self._itos, specials=[*specials.values(), *extra_special_tokens]
         )
-        self.pad_token_id = self.vocab["[PAD]"]
-        self.unk_token_id = self.vocab["[UNK]"]
-        self.cls_token_id = self.vocab["[CLS]"]
-        self.sep_token_id = self.vocab["[SEP]"]
-        self.mask_token_id = self.vocab["[MASK]"]
-        self.special_ids = frozenset(self.vocab[t] for t in SPECIAL_TOKENS)
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = tokenize_chinese_chars
+        self.model_max_length = model_max_length
+        self.special_tokens = dict(specials)  # role -> token, e.g. "pad_token" -> "[PAD]"
+        self.extra_special_tokens = tuple(extra_special_tokens)
+        self.pad_token = specials["pad_token"]
+        self.unk_token = specials["unk_token"]
+        self.cls_token = specials["cls_token"]
+        self.sep_token = specials["sep_token"]
+        self.mask_token = specials["mask_token"]
+        self.pad_token_id = self.vocab[self.pad_token]
+        self.unk_token_id = self.vocab[self.unk_token]
+        self.cls_token_id = self.vocab[self.cls_token]
+        self.sep_token_id = self.vocab[self.sep_token]
+        self.mask_token_id = self.vocab[self.mask_token]
+        matched = [*specials.values(), *self.extra_special_tokens]
+        self.special_ids = frozenset(self.vocab[t] for t in matched)
+        # Special tokens are found in the raw text before normalisation, longest first (so that
+        # a token containing another wins), as transformers' added-token matching does.
+        ordered = sorted(set(matched), key=len, reverse=True)
+        self._special_re = re.compile("|".join(re.escape(t) for t in ordered))
+        self._special_chars = frozenset(t[0] for t in ordered)
         self._max_piece = max(
             len(t[len(PREFIX) :] if t.startswith(PREFIX) else t) for t in self._itos
         )
         self._cache: dict[str, _Chunk] = {}
+
+    @classmethod
+    def from_settings(cls, settings: TokenizerSettings) -> WordPieceTokenizer:
+        """A tokenizer from a directory's settings (`tokenization.files.read_tokenizer_dir`)."""
+        return cls(
+            settings.tokens,
+            lowercase=settings.lowercase,
+            model_max_length=settings.model_max_length,
+            strip_accents=settings.strip_accents,
+            tokenize_chinese_chars=settings.tokenize_chinese_chars,
+            special_tokens=settings.special_tokens,
+            extra_special_tokens=settings.extra_special_tokens,
+        )
 
     # ------------------------------------------------------------------ construction and files
     @classmethod
@@ -175,27 +230,47 @@ class WordPieceTokenizer:
         return cls(tokens, lowercase=lowercase)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> WordPieceTokenizer:
-        """Load ``vocab.txt`` (+ ``tokenizer_config.json`` if present) from a directory."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise VocabError(f"tokenizer directory not found: {directory}")
-        tokens = read_vocab(directory / VOCAB_FILE)
-        cfg = read_tokenizer_config(directory)
-        max_len = cfg.get("model_max_length", 512)
-        if not isinstance(max_len, int) or max_len > 1_000_000:
-            max_len = 512  # HF writes a huge sentinel when unset
-        return cls(tokens, lowercase=cfg.get("do_lower_case", True), model_max_length=max_len)
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, lowercase_input: bool = False
+    ) -> WordPieceTokenizer:
+        """Load a tokenizer directory (``vocab.txt`` or ``tokenizer.json``, with
+        ``tokenizer_config.json`` and ``special_tokens_map.json`` when present).
+
+        ``lowercase_input`` lowercases the text before BERT's normalisation, as
+        sentence-transformers' ``do_lower_case`` does.
+        """
+        settings = read_tokenizer_dir(directory)
+        if lowercase_input:
+            settings = settings.with_lowercased_input()
+        try:
+            return cls.from_settings(settings)
+        except VocabError as e:
+            raise VocabError(f"{directory}: {e}") from None
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``vocab.txt`` and ``tokenizer_config.json`` (readable by `transformers`)."""
+        """Write ``vocab.txt`` and ``tokenizer_config.json`` (readable by `transformers`), both or
+        neither."""
         import json
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        write_vocab(directory, self._itos)
-        cfg = tokenizer_config(self.lowercase, self.model_max_length)
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
+        cfg = tokenizer_config(
+            self.lowercase,
+            self.model_max_length,
+            strip_accents=self.strip_accents,
+            tokenize_chinese_chars=self.tokenize_chinese_chars,
+            special_tokens=self.special_tokens,
+            extra_special_tokens=self.extra_special_tokens,
+        )
+        vocab, config = vocab_text(self._itos), json.dumps(cfg, indent=2) + "\n"
+        atomic_write_files(
+            {
+                directory / VOCAB_FILE: lambda p: p.write_text(
+                    vocab, encoding="utf-8", newline="\n"
+                ),
+                directory / CONFIG_FILE: lambda p: p.write_text(config, encoding="utf-8"),
+            }
+        )
 
     # ------------------------------------------------------------------ vocabulary access
     @property
@@ -224,9 +299,11 @@ class WordPieceTokenizer:
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         vocab = self.vocab
-        for word, ws, we in split_chunk(chunk, self.lowercase):
-            pieces = wordpiece(word, vocab, self._max_piece)
-            if pieces[0][0] == "[UNK]" and len(pieces) == 1:
+        for word, ws, we in split_chunk(
+            chunk, self.lowercase, self.strip_accents, self.tokenize_chinese_chars
+        ):
+            pieces = wordpiece(word, vocab, self._max_piece, self.unk_token)
+            if len(pieces) == 1 and pieces[0][0] == self.unk_token:
                 ids.append(self.unk_token_id)
                 spans.append((ws, we))
                 continue
@@ -237,7 +314,7 @@ class WordPieceTokenizer:
             else:
                 # Normalisation changed the length (removed or expanded characters): map piece
                 # boundaries back through a per-character alignment of this word.
-                align = _align_word(chunk[ws:we], self.lowercase)
+                align = _align_word(chunk[ws:we], self.lowercase, self.strip_accents)
                 for piece, s, e in pieces:
                     ids.append(vocab[piece])
                     spans.append((ws + align[s], ws + align[e - 1] + 1))
@@ -253,9 +330,9 @@ class WordPieceTokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
         spans: list[tuple[int, _Chunk | None]] = []
-        if "[" in text and _SPECIAL_RE.search(text):
+        if not self._special_chars.isdisjoint(text) and self._special_re.search(text):
             pos = 0
-            for m in _SPECIAL_RE.finditer(text):
+            for m in self._special_re.finditer(text):
                 self._encode_span(text, pos, m.start(), ids, spans)
                 ids.append(self.vocab[m.group()])
                 spans.append((0, ((0,), ((m.start(), m.end()),))))
@@ -422,7 +499,9 @@ class WordPieceTokenizer:
         """BERT's normalised text (what decoding an ``[UNK]``-free encoding gives back)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return normalized_text(text, self.lowercase)
+        return normalized_text(
+            text, self.lowercase, self.strip_accents, self.tokenize_chinese_chars
+        )
 
 
 def _resolve(spans: list[tuple[int, _Chunk | None]]) -> list[tuple[int, int]]:
@@ -456,13 +535,13 @@ def _truncate_longest_first(
     return ids[:n1], pair_ids[:n2]
 
 
-def _align_word(original: str, lowercase: bool) -> list[int]:
+def _align_word(original: str, lowercase: bool, strip_accents: bool | None) -> list[int]:
     """For each normalised character of a word, the index of the original character it came from."""
     from .normalization import _normalize_char
 
     align: list[int] = []
     for i, ch in enumerate(original):
-        align.extend([i] * len(_normalize_char(ch, lowercase)))
+        align.extend([i] * len(_normalize_char(ch, lowercase, strip_accents)))
     return align
 
 

@@ -1,21 +1,26 @@
-"""Vocabulary files: reading and writing `vocab.txt` and `tokenizer_config.json` as BERT does.
+"""Vocabulary files: reading and writing `vocab.txt` and our `tokenizer_config.json`.
 
 `vocab.txt` holds one token per line, the line number being the id. `tokenizer_config.json` carries
 the settings `transformers` needs to rebuild the same tokenizer (`BertTokenizer`, lowercasing,
-special tokens), plus a format version of ours.
+accents, CJK handling, the special tokens), plus a format version of ours.
 
-Deliberately not handled: `tokenizer.json` (the Rust tokenizer's single-file format); transformers
-builds it from `vocab.txt` on its own.
+The special tokens may have any ids (transformers accepts a `[PAD]` at id 3); the vocabulary must
+hold each of them once. Reading whole tokenizer directories written by other tools (tokenizer.json,
+special_tokens_map.json) is `tokenization/files.py`'s job.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+# The special tokens of our vocabularies, in the order the vocabulary trainer gives them ids.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Their roles, as transformers names them (keys of tokenizer_config.json), in the same order.
+SPECIAL_ROLES = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+DEFAULT_SPECIALS: dict[str, str] = dict(zip(SPECIAL_ROLES, SPECIAL_TOKENS, strict=True))
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"
 FORMAT_VERSION = 1
@@ -26,11 +31,11 @@ class VocabError(ValueError):
     """A vocabulary or tokenizer directory that cannot be used, with the reason in the message."""
 
 
-def validate_vocab(tokens: list[str], source: str = "vocabulary") -> dict[str, int]:
-    """Check a token list and return ``{token: id}``.
-
-    Every special token must be present; ``[PAD]`` must be id 0 (models rely on it for padding).
-    """
+def validate_vocab(
+    tokens: Sequence[str], source: str = "vocabulary", specials: Sequence[str] = SPECIAL_TOKENS
+) -> dict[str, int]:
+    """Check a token list and return ``{token: id}``: no empty or repeated token, every special
+    token present (at any id)."""
     if not tokens:
         raise VocabError(f"{source} is empty")
     vocab: dict[str, int] = {}
@@ -42,11 +47,9 @@ def validate_vocab(tokens: list[str], source: str = "vocabulary") -> dict[str, i
                 f"{source}: token {tok!r} appears twice (lines {vocab[tok] + 1} and {i + 1})"
             )
         vocab[tok] = i
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    missing = [t for t in dict.fromkeys(specials) if t not in vocab]
     if missing:
         raise VocabError(f"{source} lacks the special token(s) {', '.join(missing)}")
-    if vocab["[PAD]"] != 0:
-        raise VocabError(f"{source}: [PAD] must have id 0, found id {vocab['[PAD]']}")
     return vocab
 
 
@@ -69,66 +72,40 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
         tokens.pop()
     if not tokens:
         raise VocabError(f"vocabulary file {path} is empty")
-    validate_vocab(tokens, source=str(path))
+    validate_vocab(tokens, source=str(path), specials=())  # the specials are checked by the caller
     return tokens
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        # mkstemp creates 0600; a checkpoint must be readable by a server running as another user.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def vocab_text(tokens: Sequence[str]) -> str:
+    """The content of ``vocab.txt``: one token per line, the line number being the id."""
+    return "".join(f"{t}\n" for t in tokens)
 
 
-def write_vocab(directory: Path, tokens: list[str]) -> None:
-    """Write ``vocab.txt`` (one token per line) atomically."""
-    atomic_write_text(directory / VOCAB_FILE, "".join(f"{t}\n" for t in tokens))
-
-
-def tokenizer_config(lowercase: bool, model_max_length: int) -> dict:
+def tokenizer_config(
+    lowercase: bool,
+    model_max_length: int,
+    *,
+    strip_accents: bool | None = None,
+    tokenize_chinese_chars: bool = True,
+    special_tokens: Mapping[str, str] | None = None,
+    extra_special_tokens: Sequence[str] = (),
+) -> dict[str, Any]:
     """The `tokenizer_config.json` content that `transformers.AutoTokenizer` understands."""
-    return {
+    specials = {**DEFAULT_SPECIALS, **(special_tokens or {})}
+    cfg: dict[str, Any] = {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": lowercase,
-        "strip_accents": None,
-        "tokenize_chinese_chars": True,
-        "unk_token": "[UNK]",
-        "sep_token": "[SEP]",
-        "pad_token": "[PAD]",
-        "cls_token": "[CLS]",
-        "mask_token": "[MASK]",
+        "strip_accents": strip_accents,
+        "tokenize_chinese_chars": tokenize_chinese_chars,
+        "unk_token": specials["unk_token"],
+        "sep_token": specials["sep_token"],
+        "pad_token": specials["pad_token"],
+        "cls_token": specials["cls_token"],
+        "mask_token": specials["mask_token"],
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
         "bertserve_format_version": FORMAT_VERSION,
     }
-
-
-def read_tokenizer_config(directory: Path) -> dict:
-    """Read ``tokenizer_config.json`` if present (HF directories may lack it); ``{}`` otherwise."""
-    path = directory / CONFIG_FILE
-    if not path.exists():
-        return {}
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VocabError(f"cannot read {path}: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise VocabError(f"{path} must hold a JSON object, found {type(cfg).__name__}")
-    version = cfg.get("bertserve_format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise VocabError(f"{path}: unsupported bertserve_format_version {version!r}")
-    if not isinstance(cfg.get("do_lower_case", True), bool):
-        raise VocabError(
-            f"{path}: do_lower_case must be true or false, found {cfg['do_lower_case']!r}"
-        )
+    if extra_special_tokens:
+        cfg["additional_special_tokens"] = list(extra_special_tokens)
     return cfg

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from atomicio import atomic_write_text, fsync_path
+
 __all__ = [
     "CheckpointManager",
     "NonFiniteWeightsError",
@@ -61,31 +63,12 @@ def assert_finite_weights(model: torch.nn.Module) -> None:
             raise NonFiniteWeightsError(f"parameter {name!r} has non-finite values; not saving")
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: Path) -> None:
     """fsync every file and directory under `root` (so a rename publishes durable data)."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a fsynced temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 class CheckpointManager:
@@ -162,7 +145,7 @@ class CheckpointManager:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, target)
-            _fsync_path(self.root)
+            fsync_path(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from atomicio import atomic_write_files
+
 __all__ = [
     "LineDataset",
     "PackedDataset",
@@ -181,16 +183,12 @@ def write_token_arrays(target: Path, tokens: np.ndarray, offsets: np.ndarray) ->
     """Write a token cache file under a temporary name and rename it into place: a concurrent
     reader or a crash never sees a half-written array."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(path: Path) -> None:
+        with path.open("wb") as f:  # a file object: np.savez would append .npz to a path
             np.savez(f, tokens=tokens, offsets=offsets)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write_files({target: write})
 
 
 def tokenize_file(

@@ -6,13 +6,13 @@ checkpoints and across runs. Loss is the mean cross-entropy over all masked toke
 (token-weighted, not a mean of batch means); perplexity is `exp(loss)`.
 
     bert-eval --checkpoint runs/mini/final --corpus data/wordnet.valid.txt
-    {"loss": 3.41, "accuracy": 0.402, "perplexity": 30.3, "masked_tokens": 61234, "rows": 4096, ...}
+    {"loss": ..., "accuracy": ..., "perplexity": ..., "masked_tokens": ..., "rows": ..., ...}
 
 `--task cloze` measures what `/fill-mask` users see: one whole word of each held-out line
 masked, top-1 / top-5 of the model's predictions, overall and per file (`training/cloze.py`).
 
     bert-eval --task cloze --checkpoint checkpoints/default --corpus data/wordnet.valid.txt
-    {"task": "cloze", "items": 2000, "top1": 0.41, "top5": 0.62, "by_corpus": {...}, ...}
+    {"task": "cloze", "items": 2000, "top1": ..., "top5": ..., "by_corpus": {...}, ...}
 
 `--task retrieval` scores sentence embeddings instead (see `training/retrieval.py`): every usage
 example of a WordNet-style file must find its own definition; recall@1, recall@10 and MRR are

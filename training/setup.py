@@ -120,22 +120,30 @@ INIT_FROM_ADJUSTABLE = frozenset({"hidden_dropout_prob", "attention_probs_dropou
 
 
 def init_checkpoint(cfg: TrainConfig, vocab: str | os.PathLike[str] | None) -> Path | None:
-    """`train.init_from` as a checked directory (None when unset).
+    """The model directory of `train.init_from` (None when unset): where its config.json and
+    tokenizer are (a sentence-transformers directory's Transformer module; else the directory).
 
-    It must hold a model config and a tokenizer; a `--vocab` given as well must be the same
-    vocabulary, since the weights' embedding rows belong to that checkpoint's token ids.
+    It must be a checkpoint the one loader recognises and hold a tokenizer; a `--vocab` given as
+    well must be the same vocabulary, since the weights' embedding rows belong to that
+    checkpoint's token ids.
     """
     if cfg.init_from is None:
         return None
-    from tokenization import WordPieceTokenizer
+    from model import ModelError
+    from model.layout import read_layout
+    from tokenization import WordPieceTokenizer, has_tokenizer
 
-    directory = Path(cfg.init_from)
-    for name, what in (("config.json", "model config"), ("vocab.txt", "tokenizer")):
-        if not (directory / name).is_file():
-            raise TrainConfigError(
-                f"train.init_from={cfg.init_from!r} is not a checkpoint directory: "
-                f"no {name} ({what}) in it"
-            )
+    try:
+        directory = read_layout(cfg.init_from).model_dir
+    except ModelError as e:
+        raise TrainConfigError(
+            f"train.init_from={cfg.init_from!r} is not a checkpoint directory: {e}"
+        ) from None
+    if not has_tokenizer(directory):
+        raise TrainConfigError(
+            f"train.init_from={cfg.init_from!r} has no tokenizer: neither vocab.txt nor "
+            f"tokenizer.json in {directory}"
+        )
     if vocab is not None:
         given = WordPieceTokenizer.from_pretrained(vocab)
         own = WordPieceTokenizer.from_pretrained(directory)
@@ -159,11 +167,12 @@ def init_model_config(
     import dataclasses
     import typing
 
-    from model import BertConfig, ConfigError
+    from model import BertConfig, ModelError
+    from model.layout import read_layout
 
     try:
-        base = BertConfig.from_json_file(directory / "config.json")
-    except ConfigError as e:
+        base = read_layout(directory).config
+    except ModelError as e:
         raise TrainConfigError(f"train.init_from: {e}") from None
     hints = typing.get_type_hints(BertConfig)
     changes: dict[str, Any] = {}

@@ -30,11 +30,16 @@ from app.service import ServeState, get_state, wait_for_disconnect
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/fill-mask", response_model=FillMaskResponse, responses=INFERENCE_ERRORS)
+@router.post(
+    "/fill-mask",
+    response_model=FillMaskResponse,
+    responses={**INFERENCE_ERRORS, **error_responses(400)},
+)
 async def fill_mask(
     body: FillMaskRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Predict the top_k tokens for every [MASK] of every input."""
+    """Predict the top_k tokens for every [MASK] of every input (400 Unsupported when the model
+    has no masked-language-model head)."""
     texts, _ = as_list(body.inputs)
     targets = [body.targets] if isinstance(body.targets, str) else body.targets
     engine, predictions = await state.fill_mask(
@@ -54,8 +59,8 @@ async def fill_mask(
 async def embed(
     body: EmbedRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Sentence embeddings, text-embeddings-inference style (mean or [CLS] pooling; by default
-    the pooling the checkpoint was trained with)."""
+    """Sentence embeddings, text-embeddings-inference style; pooling and normalisation default to
+    the checkpoint's (its config.json, or a sentence-transformers directory's modules)."""
     texts, _ = as_list(body.inputs)
     engine, vectors, _ = await state.embed(
         texts,
@@ -72,8 +77,8 @@ async def embed(
 async def openai_embeddings(
     body: OpenAIEmbeddingsRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Sentence embeddings in OpenAI's format (unit length, with the pooling the checkpoint was
-    trained with: its config.json 'pooling', mean when it records none)."""
+    """Sentence embeddings in OpenAI's format, with the checkpoint's pooling and normalisation
+    (unit length, unless a sentence-transformers directory has no Normalize module)."""
     texts, _ = as_list(body.input)
     hidden = state.engine().config.hidden_size
     if body.dimensions is not None and body.dimensions != hidden:
@@ -81,7 +86,7 @@ async def openai_embeddings(
     engine, vectors, n_tokens = await state.embed(
         texts,
         pooling=None,  # the checkpoint's
-        normalize=True,
+        normalize=None,  # the checkpoint's
         truncate=False,
         disconnected=lambda: wait_for_disconnect(request),
     )

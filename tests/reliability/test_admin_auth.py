@@ -11,7 +11,7 @@ token, a failed reload and refused attempts, in-process and from a real ``bert-s
 sent may appear.
 
 Deliberately not here: hostile checkpoints on reload (test_hostile_checkpoints.py) and token
-configuration parsing (tests/test_app_config.py).
+configuration parsing (tests/app/test_app_config.py).
 """
 
 from __future__ import annotations

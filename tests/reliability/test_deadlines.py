@@ -7,7 +7,7 @@ states, not timing guesses. The gate records the token ids of every input the mo
 compute, which is how "never computed" is proved.
 
 Deliberately not here: interrupting a running forward pass (a thread cannot be killed; the
-server answers for it and waits), and client disconnects (tests/test_app.py).
+server answers for it and waits), and client disconnects (tests/app/test_app.py).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Asserted: readiness (``/health``) answers 503 before any of the 16 completes, an
 inference request; all 16 complete with 200 and the answers the checkpoint gives when computed
 in-process; the process exits 0 within ``graceful_shutdown_s`` of the signal, without a traceback.
 
-Deliberately not here: the drain flag's effect on ``/health`` in-process (tests/test_app.py) and
-the batcher's own drain on stop (tests/test_batcher.py).
+Deliberately not here: the drain flag's effect on ``/health`` in-process (tests/app/test_app.py) and
+the batcher's own drain on stop (tests/app/test_batcher.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ counting a chunked stream, and the server stops reading an endless body as soon 
 limit (it never buffers it whole).
 
 Deliberately not here: the 413/422 shapes of every route under random input (the schema fuzz
-test), and truncation semantics such as left/right (tests/test_app.py).
+test), and truncation semantics such as left/right (tests/app/test_app.py).
 """
 
 from __future__ import annotations

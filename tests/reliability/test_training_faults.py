@@ -28,8 +28,8 @@ is what a kill -9 or an OOM kill does. The points, drawn from a seeded RNG:
   new one not yet in place).
 
 The default suite runs one quick trial; the ten trials are `@pytest.mark.long`. Deliberately not
-here: kills under DDP (tests/test_train_ddp.py covers resume there) and disk-full faults
-(tests/test_train_checkpointing.py injects a failing writer).
+here: kills under DDP (tests/training/test_train_ddp.py covers resume there) and disk-full faults
+(tests/training/test_train_checkpointing.py injects a failing writer).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from training.retrieval import (
     tfidf_scores,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def _key(text: str) -> str:

@@ -238,6 +238,10 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
     assert model["sha256"] == sha and model["version"] == f"tiny-{sha[:12]}"
     assert health.headers["x-model-version"] == model["version"]
     assert model["config"]["hidden_size"] == 32
+    caps = model["capabilities"]
+    assert caps["fill_mask"] is True and caps["embed"] is True and caps["tokenize"] is True
+    assert (caps["pooling"], caps["normalize"], caps["max_tokens"]) == ("mean", True, 64)
+    assert caps["kind"] == "BertForMaskedLM" and caps["sentence_transformers"] is False
     assert info["limits"]["max_client_batch"] == 8 and info["limits"]["max_input_tokens"] == 64
     assert info["batching"]["enabled"] and info["batching"]["max_batch_size"] == 16
     assert info["admin_api"] is False
@@ -260,6 +264,13 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/fill-mask", "/embed", "/v1/embeddings", "/tokenize"):
         assert p in paths
+    assert set(paths["/"]) == {"post"}  # the Inference API route; GET / is the page
+    from typing import get_args
+
+    from app.schemas import Pooling
+    from model import POOLINGS
+
+    assert get_args(Pooling) == POOLINGS  # the schema's poolings are the model's
     assert "/admin/reload" not in paths  # no admin token configured: not mounted
 
 
@@ -282,7 +293,7 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
         ("/fill-mask", {}, "inputs"),
         ("/fill-mask", [1, 2], "body"),
         ("/embed", {"inputs": ["ok", ""]}, "inputs[1]"),
-        ("/embed", {"inputs": "ok", "pooling": "max"}, "pooling"),
+        ("/embed", {"inputs": "ok", "pooling": "median"}, "pooling"),
         ("/embed", {"inputs": "ok", "prompt_name": "query"}, "prompt_name"),
         ("/tokenize", {"inputs": []}, "empty"),
     ],
@@ -444,7 +455,7 @@ def test_startup_fails_clearly_on_a_bad_checkpoint(tmp_path):
 
     (tmp_path / "empty").mkdir()
     app = create_app(serve_config(tmp_path / "empty"))
-    with pytest.raises(CheckpointLoadError, match=r"no model\.safetensors"), TestClient(app):
+    with pytest.raises(CheckpointLoadError, match=r"no config\.json"), TestClient(app):
         pass
     app = create_app(serve_config(tmp_path / "missing"))
     with pytest.raises(CheckpointLoadError, match="not found"), TestClient(app):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tokenization import WordPieceTokenizer
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 HOSTILE = [
     "",

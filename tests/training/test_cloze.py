@@ -29,7 +29,7 @@ from training.evaluate import evaluate_checkpoint_cloze
 from training.evaluate import main as eval_main
 from training.ngram import NGramModel, unigram_predictor, words
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "checkpoints" / "default"
 VALID = [ROOT / "data" / "wordnet.valid.txt", ROOT / "data" / "pydocs.valid.txt"]
 

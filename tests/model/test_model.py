@@ -302,8 +302,12 @@ def test_pool_known_answers():
     assert_close(pool(hidden, mask, "cls"), torch.tensor([[1.0, 1.0]]))
     s = 2**-0.5
     assert_close(pool(hidden, mask, "mean", normalize=True), torch.tensor([[s, s]]))
-    with pytest.raises(ModelInputError, match="max"):
-        pool(hidden, mask, "max")
+    # max over the real tokens only (padding must not win even where it is larger).
+    assert_close(pool(hidden, mask, "max"), torch.tensor([[3.0, 3.0]]))
+    assert_close(pool(-hidden, mask, "max"), torch.tensor([[-1.0, -1.0]]))
+    assert_close(pool(hidden, mask, "mean_sqrt_len"), torch.tensor([[4 / 2**0.5, 4 / 2**0.5]]))
+    with pytest.raises(ModelInputError, match="median"):
+        pool(hidden, mask, "median")
 
 
 def test_embed_pooling_options():
@@ -316,7 +320,7 @@ def test_embed_pooling_options():
     assert_close(cls, hidden[:, 0])
     assert_close(unit.norm(dim=-1), torch.ones(2))
     with pytest.raises(ModelInputError, match="pooling"):
-        model.embed(ids, pooling="max")
+        model.embed(ids, pooling="median")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 import model.bert as bert
 import model.checkpoint as checkpoint
+import model.weights as weights
 from model import BertConfig, BertForMaskedLM, CheckpointError, ConfigError
 from model.convert import main as convert_main
 
@@ -108,7 +109,7 @@ def test_our_checkpoint_loads_in_transformers_with_identical_logits(tmp_path):
     assert config["norm_position"] == "post"
     # HF names; q/k/v stored separately; tied decoder stored once, as the word embedding.
     keys = set(load_file(str(tmp_path / "model.safetensors")))
-    assert keys == set(checkpoint.expected_hf_shapes(BertConfig(**TINY)))
+    assert keys == set(weights.to_hf_state_dict(BertForMaskedLM(BertConfig(**TINY))))
     assert "bert.encoder.layer.1.attention.self.key.weight" in keys
     assert "cls.predictions.decoder.weight" not in keys
 

@@ -10,7 +10,7 @@ sideways scrolling, and that the page requests nothing but its own server and tr
 
 One browser and one server for the module. Screenshots of each panel go to a temporary directory,
 or to ``$BERT_UI_SCREENSHOTS`` when set. Skipped, with the install command, where Chromium,
-chromedriver or selenium is missing. Headers, files and the off switch: tests/test_app_ui.py.
+chromedriver or selenium is missing. Headers, files and the off switch: tests/app/test_app_ui.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ control, only public API paths called), the Content-Security-Policy on the page 
 and its absence from API responses, that the UI routes never appear in the OpenAPI schema, and
 ``ui = false`` (``BERT_SERVE_UI=false``, ``--no-ui``) making them 404. No model is loaded: the
 lifespan is not entered, so these tests take milliseconds. What a person sees in a browser:
-tests/test_app_ui_browser.py.
+tests/app/test_app_ui_browser.py.
 """
 
 from __future__ import annotations
@@ -126,16 +126,23 @@ def test_ui_routes_are_never_in_the_openapi_schema(client, tmp_path):
     off_app = create_app(serve_config(tmp_path, ui=False))
     off = TestClient(off_app).get("/openapi.json").json()
     assert on == off
-    assert not any(p == "/" or p.startswith("/ui") for p in on["paths"])
+    assert not any(p.startswith("/ui") for p in on["paths"])
+    # "/" is in the schema for the API's POST (the Inference API root route), never the page.
+    assert set(on["paths"].get("/", {})) <= {"post"}
 
 
 def test_ui_off_answers_404(tmp_path):
     client = TestClient(create_app(serve_config(tmp_path, ui=False)))
-    for path in ("/", "/ui/app.js", "/ui/app.css"):
+    for path in ("/ui/app.js", "/ui/app.css"):
         r = client.get(path)
         assert r.status_code == 404, path
         assert r.json() == {"error": "Not Found", "error_type": "NotFound"}
         assert "content-security-policy" not in r.headers
+    # "/" itself exists for the API's POST (the Inference API root route): GET is 405, no page.
+    r = client.get("/")
+    assert r.status_code == 405
+    assert r.json()["error_type"] == "MethodNotAllowed"
+    assert "content-security-policy" not in r.headers
 
 
 def test_ui_setting_from_env_and_cli(monkeypatch):

@@ -1,0 +1,90 @@
+"""``POST /``: the root route that ``huggingface_hub.InferenceClient(base_url=...)`` calls.
+
+The client sends one body shape per task and expects the shape of transformers' pipeline back;
+the task is read from the body and checked against what the serving model can do, as
+text-embeddings-inference's root route dispatches by model (see ``PipelineRequest``):
+sentence similarity (``inputs`` is ``{"source_sentence", "sentences"}``), the model's pipeline
+when ``parameters`` is present (fill-mask; text classification is refused with 400), and feature
+extraction otherwise (TEI's ``/embed`` body). ``GET /`` stays the browser page (``app.routes.ui``).
+
+Deliberately not here: any computation (``ServeState`` does it, with the same limits and batching
+as the other routes) and other pipelines (no model served here has a classification head).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from app.errors import InputValidationError, UnsupportedError
+from app.middleware import VERSION_HEADER
+from app.routes.common import INFERENCE_ERRORS, error_responses
+from app.schemas import PipelineRequest, PipelineResponse, SimilarityInputs, as_list
+from app.service import ServeState, get_state, wait_for_disconnect
+
+router = APIRouter(tags=["inference"])
+
+_EMBED_FIELDS = ("normalize", "truncate", "truncation_direction")
+
+
+@router.post(
+    "/",
+    response_model=PipelineResponse,
+    responses={**INFERENCE_ERRORS, **error_responses(400)},
+    summary="HuggingFace Inference API / TEI root route",
+)
+async def pipeline(
+    body: PipelineRequest, request: Request, state: ServeState = Depends(get_state)
+) -> JSONResponse:
+    """Fill-mask, feature extraction or sentence similarity, chosen by the body's shape and by what
+    the serving model can do; answers in the shape of transformers' pipeline for that task."""
+
+    def disconnected() -> Any:
+        return wait_for_disconnect(request)
+
+    given = [f for f in _EMBED_FIELDS if getattr(body, f) is not None]
+    if isinstance(body.inputs, SimilarityInputs):
+        # The client sends "parameters": {} with it; anything in there would be ignored.
+        if given or (body.parameters is not None and body.parameters.model_fields_set):
+            raise InputValidationError("sentence similarity takes no parameters")
+        engine, scores = await state.similarity(
+            body.inputs.source_sentence, body.inputs.sentences, disconnected=disconnected
+        )
+        return JSONResponse(scores, headers={VERSION_HEADER: engine.version})
+    if body.parameters is not None:
+        if given:
+            raise InputValidationError(
+                f"{', '.join(given)} apply to feature extraction, which takes no parameters"
+            )
+        params = body.parameters
+        if params.function_to_apply is not None:
+            raise UnsupportedError(
+                "text classification is not available: the model has no classification head "
+                "(it serves fill-mask and/or embeddings, see /info)"
+            )
+        texts, single = as_list(body.inputs)
+        targets = [params.targets] if isinstance(params.targets, str) else params.targets
+        engine, predictions = await state.fill_mask(
+            texts,
+            top_k=params.top_k or 5,
+            targets=targets,
+            truncate=False,
+            disconnected=disconnected,
+        )
+        # The fill-mask pipeline's shape: per input, the candidates of its one mask, or a list per
+        # mask; a single text (or a list of one) gives that input's result alone.
+        per_input = [masks[0] if len(masks) == 1 else masks for masks in predictions]
+        result = per_input[0] if single or len(per_input) == 1 else per_input
+        return JSONResponse(result, headers={VERSION_HEADER: engine.version})
+    texts, _ = as_list(body.inputs)
+    engine, vectors, _ = await state.embed(
+        texts,
+        pooling=None,
+        normalize=body.normalize,
+        truncate=bool(body.truncate),
+        direction=(body.truncation_direction or "right").lower(),
+        disconnected=disconnected,
+    )
+    return JSONResponse(vectors, headers={VERSION_HEADER: engine.version})

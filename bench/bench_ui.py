@@ -1,0 +1,119 @@
+"""The browser page's cost to the API: /fill-mask throughput with the UI on and off, side by side.
+
+    python -m bench.bench_ui [--quick] [--checkpoint DIR] [--rounds N] [--duration S]
+                             [--connections 32]
+
+The same checkpoint is served twice per round, once with the page at / (``BERT_SERVE_UI=true``)
+and once without (``false``), alternating which goes first; each server is warmed up, then
+loaded by ``wrk`` with /fill-mask bodies (one validation-set gloss per request, one word replaced
+by ``[MASK]``). Reported per setting: requests/s and p99 of every round; the ratio on / off of
+the mean throughput, and the noise: the largest relative gap between two rounds of the same
+setting. "No measurable cost" means the on/off gap is inside that noise. Results: a table on
+stdout and bench/results/bench_ui.json. ``--quick``: 2 rounds of 5 s.
+
+Deliberately not measured: the page's own load time (it is static files with ETags) and browser
+rendering. Needs wrk (``sudo apt-get install -y wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from bench.bench_embed import texts, wrk_bodies
+from bench.bench_serve import Server
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def bodies(n: int = 256) -> list[dict]:
+    """Fill-mask bodies: a validation gloss with its middle word masked."""
+    out = []
+    for text in texts(n):
+        words = text.split()[:24]
+        words[len(words) // 2] = "[MASK]"
+        out.append({"inputs": " ".join(words), "top_k": 5})
+    return out
+
+
+def measure(checkpoint: str, ui: bool, args: argparse.Namespace, load: list[dict]) -> dict:
+    name = "ui_on" if ui else "ui_off"
+    env = {"BERT_SERVE_UI": "true" if ui else "false"}
+    argv = ["app.cli", "--checkpoint", checkpoint]
+    with Server(name, argv, env=env, log=RESULTS / f"bench_ui_{name}.log") as server:
+        wrk_bodies(server.url, "/fill-mask", load, args.connections, args.warmup)
+        return wrk_bodies(server.url, "/fill-mask", load, args.connections, args.duration)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "default"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per run")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 5 s")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_ui.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 2, 5.0
+    if shutil.which("wrk") is None:
+        parser.exit(2, "bench_ui: wrk is missing: sudo apt-get install -y wrk\n")
+    load = bodies()
+    runs: dict[str, list[dict]] = {"ui_on": [], "ui_off": []}
+    for r in range(args.rounds):
+        order = (True, False) if r % 2 == 0 else (False, True)
+        for ui in order:
+            result = measure(args.checkpoint, ui, args, load)
+            runs["ui_on" if ui else "ui_off"].append(result)
+            print(f"round {r + 1} ui {'on ' if ui else 'off'}: {result}", file=sys.stderr)
+
+    def noise(rows: list[dict]) -> float:
+        rps = [row["rps"] for row in rows]
+        return (max(rps) - min(rps)) / statistics.mean(rps) if len(rps) > 1 else 0.0
+
+    mean_on = statistics.mean(row["rps"] for row in runs["ui_on"])
+    mean_off = statistics.mean(row["rps"] for row in runs["ui_off"])
+    summary = {
+        "rps_on": round(mean_on, 1),
+        "rps_off": round(mean_off, 1),
+        "ratio_on_off": round(mean_on / mean_off, 3),
+        "noise": round(max(noise(runs["ui_on"]), noise(runs["ui_off"])), 3),
+        "errors": sum(row["errors"] for rows in runs.values() for row in rows),
+    }
+    out = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "settings": {
+            "checkpoint": args.checkpoint,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "connections": args.connections,
+        },
+        "runs": runs,
+        "summary": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print("| UI | requests/s per round | p99 ms per round | mean requests/s |")
+    print("|---|---|---|---|")
+    for key, label in (("ui_on", "on"), ("ui_off", "off")):
+        rows = runs[key]
+        rps = ", ".join(f"{row['rps']:.1f}" for row in rows)
+        p99 = ", ".join(f"{row['p99_ms']:.0f}" for row in rows)
+        print(f"| {label} | {rps} | {p99} | {statistics.mean(row['rps'] for row in rows):.1f} |")
+    print(
+        f"\non / off: {summary['ratio_on_off']:.3f}x; noise (largest gap between rounds of one "
+        f"setting): {summary['noise'] * 100:.1f}%; errors: {summary['errors']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
