@@ -33,7 +33,7 @@ test: install
 # The README's picture of the page at /: every panel filled in, against CHECKPOINT, in headless
 # Chromium (sudo apt-get install -y chromium chromium-driver).
 ui-screenshot: install
-	$(BIN)/python tests/ui_browser.py --checkpoint $(CHECKPOINT) --out docs/ui.png
+	PYTHONPATH=$(CURDIR) $(BIN)/python tests/ui_browser.py --checkpoint $(CHECKPOINT) --out docs/ui.png
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

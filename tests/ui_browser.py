@@ -6,7 +6,7 @@
   network request (``goog:loggingPrefs`` performance) and the console.
 * ``submit(driver, panel, field, keys)``: type into a panel's field, submit from the keyboard and
   wait for the panel's answer (a result or an error).
-* ``python tests/ui_browser.py --checkpoint checkpoints/default --out docs/ui.png``: a screenshot
+* ``make ui-screenshot`` (``PYTHONPATH=. python tests/ui_browser.py --checkpoint DIR --out docs/ui.png``): a screenshot
   of the whole page with every panel filled in (the README's picture).
 
 Not a test module (no ``test_`` prefix); imported by tests/app/test_app_ui_browser.py. Deliberately

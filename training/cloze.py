@@ -186,14 +186,29 @@ def score_cloze(
 
 
 def model_predictor(
-    model: Any, tokenizer: Any, *, k: int = TOP_K, batch_size: int = 64, device: str = "cpu"
+    model: Any,
+    tokenizer: Any,
+    *,
+    k: int = TOP_K,
+    batch_size: int = 64,
+    device: str = "cpu",
+    candidates: Sequence[str] | None = None,
 ) -> Predictor:
     """texts with one `[MASK]` each -> the model's top-k tokens there (whole vocabulary).
 
     Texts are tokenized by the checkpoint's tokenizer and truncated to the model's positions, as
     `/fill-mask` with `truncate: true` does; a text whose mask falls off the end predicts nothing.
+    With `candidates` (tokens of the vocabulary), only those are ranked, as `/fill-mask` with
+    `targets` ranks them: the same choice the count-based baselines are given.
     """
     import torch
+
+    allowed = None
+    if candidates is not None:
+        allowed = torch.full((model.config.vocab_size,), float("-inf"))
+        ids = [i for c in candidates if (i := tokenizer.token_to_id(c)) is not None]
+        allowed[ids] = 0.0
+        allowed = allowed.to(device)
 
     limit = min(tokenizer.model_max_length, model.config.max_position_embeddings)
     need_hidden = getattr(model, "nsp_head", None) is not None  # an NSP head reads [CLS]
@@ -221,7 +236,8 @@ def model_predictor(
                 logits = model(
                     ids, attention_mask=attn, prediction_mask=first, return_hidden=need_hidden
                 ).logits  # (M, V), rows in order of the rows that have a mask
-                top = logits.float().topk(k, dim=-1).indices.tolist()
+                scores = logits.float() if allowed is None else logits.float() + allowed
+                top = scores.topk(k, dim=-1).indices.tolist()
                 has = first.any(dim=1).tolist()
                 it = iter(top)
                 for present in has:

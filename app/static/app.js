@@ -219,7 +219,7 @@
     // The example suits the model: a cased vocabulary gets a capital letter.
     const text = $("fill-text");
     if (!shown.exampleTouched && model.lowercase === false) {
-      text.value = "The cat sat on the [MASK].";
+      text.value = "Return a new [MASK] containing the items of the list.";
     }
   }
 

@@ -213,3 +213,19 @@ def test_model_predictor_handles_truncated_masks(one_torch_thread):
     long_text = "word " * 300 + "[MASK]"
     got = model_predictor(model, tok, k=3)(["the [MASK] sat on the mat.", long_text])
     assert len(got[0]) == 3 and got[1] == []
+
+
+def test_model_predictor_ranks_only_the_candidates_as_fill_mask_targets_does(one_torch_thread):
+    """The like-for-like row of bench_cloze: ranking restricted to the baselines' candidate words
+    keeps the model's order among them (the order /fill-mask gives them as targets)."""
+    from model import BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(DEFAULT)
+    tok = WordPieceTokenizer.from_pretrained(DEFAULT)
+    text = "a [MASK] is a domestic animal."
+    full = model_predictor(model, tok, k=50)([text])[0]
+    others = [w for w in ("function", "river", "table", "green", "blue") if w not in full[:8]]
+    candidates = [*others[:3], full[7], full[3]]  # two the model ranks highly
+    got = model_predictor(model, tok, k=5, candidates=candidates)([text])[0]
+    assert sorted(got) == sorted(candidates)
+    assert got[:2] == [full[3], full[7]]  # their order in the full ranking is kept
