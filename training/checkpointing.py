@@ -17,8 +17,9 @@ never be picked up. Leftover temporary directories and pointer files are removed
 manager opens the directory.
 
 Rotation keeps the newest `keep_last` periodic checkpoints plus the best one; `final` is never
-rotated. Deliberately not here: what goes into a checkpoint (the trainer passes a writer
-function) and remote storage.
+rotated. `init_weights_from` starts a later stage (`train.init_from`) from another checkpoint's
+weights, through the one loader. Deliberately not here: what goes into a checkpoint (the trainer
+passes a writer function) and remote storage.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "assert_finite_weights",
     "atomic_write_text",
     "fsync_tree",
+    "init_weights_from",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,32 @@ def assert_finite_weights(model: torch.nn.Module) -> None:
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise NonFiniteWeightsError(f"parameter {name!r} has non-finite values; not saving")
+
+
+def init_weights_from(model: torch.nn.Module, directory: Path, device: torch.device | str) -> None:
+    """Start a run (`train.init_from`) from a checkpoint's weights, read by the one loader (ours, a
+    transformers BERT directory or a sentence-transformers one). An encoder without MLM head
+    (BertModel) keeps the run's freshly initialised head, its decoder tied to the loaded word
+    embeddings. ValueError when the checkpoint does not fit the model."""
+    from model import BertForMaskedLM, load_checkpoint
+
+    start = load_checkpoint(directory, BertForMaskedLM, map_location=device).model
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    fresh_head = start.mlm_head is None and all(k.startswith("mlm_head.") for k in missing)
+    if unexpected or (missing and not fresh_head):
+        raise ValueError(
+            f"train.init_from={str(directory)!r} does not fit the model: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    del start
+    if missing:
+        logger.warning(
+            "initialised the encoder from %s; it has no MLM head, so the head starts from "
+            "a fresh initialisation",
+            directory,
+        )
+    else:
+        logger.info("initialised the weights from %s", directory)
 
 
 def fsync_tree(root: Path) -> None:

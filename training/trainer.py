@@ -57,7 +57,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from training.checkpointing import CheckpointManager, assert_finite_weights
+from training.checkpointing import CheckpointManager, assert_finite_weights, init_weights_from
 from training.config import TrainConfig, TrainConfigError
 from training.contrastive import (
     ContrastiveData,
@@ -162,7 +162,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = BertForMaskedLM(model_config).to(self.device)
         if cfg.init_from is not None:  # a later stage: these weights, a fresh optimizer
-            self._init_from(Path(cfg.init_from))
+            init_weights_from(self.model, Path(cfg.init_from), self.device)
         self.model.train()
         self.contrastive = contrastive
         self.retrieval = retrieval  # valid pairs scored at each evaluation
@@ -198,30 +198,6 @@ class Trainer:
         # Dropout differs per rank (different data, different masks), and is set after init
         # so that the weights above are the same everywhere.
         torch.manual_seed(cfg.seed + 1 + self.info.rank)
-
-    def _init_from(self, directory: Path) -> None:
-        """Start from a checkpoint's weights, read by the one loader (ours, a transformers BERT
-        directory or a sentence-transformers one). An encoder without MLM head (BertModel) keeps
-        this run's freshly initialised head, its decoder tied to the loaded word embeddings."""
-        from model import BertForMaskedLM, load_checkpoint
-
-        start = load_checkpoint(directory, BertForMaskedLM, map_location=self.device).model
-        missing, unexpected = self.model.load_state_dict(start.state_dict(), strict=False)
-        fresh_head = start.mlm_head is None and all(k.startswith("mlm_head.") for k in missing)
-        if unexpected or (missing and not fresh_head):
-            raise ValueError(
-                f"train.init_from={str(directory)!r} does not fit the model: missing "
-                f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-            )
-        del start
-        if missing:
-            logger.warning(
-                "initialised the encoder from %s; it has no MLM head, so the head starts from "
-                "a fresh initialisation",
-                directory,
-            )
-        else:
-            logger.info("initialised the weights from %s", directory)
 
     # -- checkpoint I/O ---------------------------------------------------------------------------
     def training_state(self, elapsed_s: float) -> dict[str, Any]:
