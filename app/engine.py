@@ -263,8 +263,13 @@ class Engine:
                 pred = torch.zeros_like(ids, dtype=torch.bool)  # (B, T)
                 for k in fill_rows:
                     pred[k, chunk[k][2].mask_positions] = True
-                out = self.model(ids, attention_mask=attn, prediction_mask=pred)
-                hidden, logits = out.last_hidden_state, out.logits  # (B, T, H), (N, V)
+                # Fast path: with no embedding row in this pass, the last layer runs only at
+                # the [MASK] positions (return_hidden=False); embeddings need every token.
+                need_hidden = len(fill_rows) < len(chunk)
+                out = self.model(
+                    ids, attention_mask=attn, prediction_mask=pred, return_hidden=need_hidden
+                )
+                hidden, logits = out.last_hidden_state, out.logits  # (B, T, H) or None, (N, V)
                 probs = logits.float().softmax(dim=-1)  # (N, V), masks in row-major order
                 offset = 0
                 for k in fill_rows:

@@ -1,0 +1,51 @@
+"""The engine's fill-mask fast path: a pass with only fill-mask rows runs the last layer at the
+[MASK] positions alone (`return_hidden=False`); a pass that also embeds needs every token. Both
+must give the same candidates and scores.
+
+Deliberately not here: speed (bench/), and the HTTP layer (tests/app/test_app.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from app_testing import build_checkpoint
+
+from app.engine import EmbedJob, FillMaskJob, load_engine
+
+TEXTS = ["the [MASK] sat on the mat .", "a [MASK] of the [MASK] kind", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return load_engine(build_checkpoint(tmp_path_factory.mktemp("fast") / "ckpt"))
+
+
+def _spy(engine, monkeypatch) -> list[bool]:
+    calls: list[bool] = []
+    forward = engine.model.forward
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("return_hidden", True))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", recording)
+    return calls
+
+
+def test_fill_mask_alone_takes_the_fast_path_with_the_same_answers(engine, monkeypatch):
+    fill = FillMaskJob(inputs=engine.encode_fill_mask(TEXTS, truncate=True), top_k=5)
+    embed = EmbedJob(inputs=engine.encode_many(["a test ."], truncate=True))
+    calls = _spy(engine, monkeypatch)
+    with torch.inference_mode():
+        alone = engine.run_batch([fill])[0]
+        fast_calls = list(calls)
+        calls.clear()
+        mixed, vectors = engine.run_batch([fill, embed])
+    assert fast_calls and not any(fast_calls)  # every pass without embeddings: fast path
+    assert calls and all(calls)  # the mixed pass keeps every token's hidden state
+    assert len(vectors) == 1 and len(vectors[0]) == engine.config.hidden_size
+    for a, m in zip(alone, mixed, strict=True):  # per input, per mask, (id, probability)
+        for cands_a, cands_m in zip(a, m, strict=True):
+            assert [i for i, _ in cands_a] == [i for i, _ in cands_m]
+            assert [p for _, p in cands_a] == pytest.approx([p for _, p in cands_m], abs=1e-6)
