@@ -1,8 +1,9 @@
-"""BERT for masked-language modelling, in one file: embeddings, attention, layer, heads, pooling.
+"""BERT in one file: embeddings, attention, layer, and the model with its optional heads.
 
 Read top to bottom: `_Layout` (how padding is handled), `Embeddings`, `SelfAttention`,
-`FeedForward`, `Layer`, `MLMHead`, `NSPHead`, `pool`, `BertForMaskedLM`. Every module is built
-from a `BertConfig` alone. Loading and saving HF-compatible checkpoints lives in
+`FeedForward`, `Layer`, `BertForMaskedLM` (the encoder with an MLM, NSP and/or classification
+head; the heads and `pool` are in `model/heads.py`). Every module is built from a `BertConfig`
+alone. Loading and saving HF-compatible checkpoints lives in
 `model/checkpoint.py`; this file only calls it.
 
 Design choices that make it faster than `transformers.BertForMaskedLM` while computing the same
@@ -17,7 +18,8 @@ numbers (parity is tested against transformers to 1e-5):
 - `prediction_mask` projects only the selected positions to the vocabulary; for a small BERT
   the (T, H) x (H, V) projection costs more than the whole encoder. With
   `return_hidden=False` the last layer, too, runs only at those positions (its keys and values
-  still cover every token), which saves most of one layer.
+  still cover every token), which saves most of one layer. `classify` uses the same trick:
+  its last layer runs at the [CLS] rows only.
 
 Deliberately not handled: relative position embeddings, decoders / cross-attention / KV caches,
 untied output embeddings, attention-probability outputs, gradient checkpointing.
@@ -25,9 +27,7 @@ untied output embeddings, attention-probability outputs, gradient checkpointing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,20 +37,12 @@ from torch import Tensor, nn
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import POOLINGS, BertConfig
 from model.errors import ModelInputError
+from model.heads import ACTIVATIONS, ClassificationHead, MLMHead, NSPHead, pool
 from model.rotary import apply_rotary
 
 IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
 # Devices where padded batches run attention one sequence at a time (see _Layout).
 PER_SEQUENCE_ATTENTION_DEVICES = ("cpu",)
-
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": F.gelu,  # exact erf GELU, BERT's
-    "gelu_new": partial(F.gelu, approximate="tanh"),
-    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
 
 
 @dataclass
@@ -61,6 +53,14 @@ class MaskedLMOutput:
     last_hidden_state: Tensor | None  # (B, T, H), zeros at padding; None if return_hidden=False
     loss: Tensor | None = None  # scalar, when labels are given
     nsp_logits: Tensor | None = None  # (B, 2), when the model has an NSP head
+
+
+@dataclass
+class ClassifierOutput:
+    """What `BertForMaskedLM.classify` returns."""
+
+    logits: Tensor  # (B, num_labels)
+    loss: Tensor | None = None  # scalar, when labels are given
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = _ACTIVATIONS[config.hidden_act]
+        self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.up(x)))  # (N, I) inside, (N, H) out
@@ -239,74 +239,6 @@ class Layer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Heads and pooling
-
-
-class MLMHead(nn.Module):
-    """dense + activation + LayerNorm, then the decoder tied to the word embeddings (+ own bias)."""
-
-    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = _ACTIVATIONS[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.decoder.weight = word_embeddings.weight  # tied: the same Parameter, not a copy
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, h: Tensor) -> Tensor:
-        h = self.norm(self.act(self.dense(h)))  # (..., H)
-        return F.linear(h, self.decoder.weight, self.bias)  # (..., V)
-
-
-class NSPHead(nn.Module):
-    """BERT's pooler (dense + tanh on [CLS]) and the next-sentence classifier (2 classes)."""
-
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, 2)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
-        return self.classifier(pooled)  # (B, 2)
-
-
-def pool(
-    hidden: Tensor,
-    attention_mask: Tensor | None = None,
-    pooling: str = "mean",
-    normalize: bool = False,
-) -> Tensor:
-    """Sentence embeddings (B, H) from hidden states (B, T, H), as sentence-transformers pools.
-
-    Over the non-padding tokens (all tokens if attention_mask is None): "mean" averages them,
-    "mean_sqrt_len" sums them and divides by sqrt(their number), "max" takes each channel's
-    maximum; "cls" takes the first token. A row without any real token gives zeros.
-    normalize=True scales each row to unit L2 norm.
-    Example: hidden [[[1, 1], [3, 3], [9, 9]]], mask [[1, 1, 0]] -> mean [[2, 2]], max [[3, 3]].
-    """
-    if pooling not in POOLINGS:
-        raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if pooling == "cls":
-        out = hidden[:, 0]  # (B, H)
-    else:
-        if attention_mask is None:
-            attention_mask = hidden.new_ones(hidden.shape[:2])  # (B, T)
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-        count = m.sum(dim=1)  # (B, 1)
-        if pooling == "max":
-            # Padding must never win the maximum (hidden states there are zeros).
-            masked = hidden.masked_fill(m == 0, float("-inf"))  # (B, T, H)
-            out = masked.max(dim=1).values.masked_fill(count == 0, 0.0)  # (B, H)
-        else:
-            total = (hidden * m).sum(dim=1)  # (B, H)
-            denominator = count if pooling == "mean" else count.sqrt()
-            out = total / denominator.clamp(min=1.0)  # (B, H)
-    return F.normalize(out, p=2.0, dim=-1) if normalize else out
-
-
-# ----------------------------------------------------------------------------------------------
 # The model
 
 
@@ -316,11 +248,18 @@ class BertForMaskedLM(nn.Module):
     `nsp_head=True` adds BERT's pooler and next-sentence classifier (`cls.seq_relationship` in
     HF checkpoints); without it those weights are ignored on load. `mlm_head=False` is the
     encoder alone (transformers' BertModel, e.g. a sentence-transformers checkpoint): `encode`
-    and `embed` work, `forward` (MLM logits) raises ModelInputError.
+    and `embed` work, `forward` (MLM logits) raises ModelInputError. `classifier=True` adds a
+    text classifier over `config.labels` (transformers' BertForSequenceClassification or
+    RoFormerForSequenceClassification head): `classify` gives its logits.
     """
 
     def __init__(
-        self, config: BertConfig, *, nsp_head: bool = False, mlm_head: bool = True
+        self,
+        config: BertConfig,
+        *,
+        nsp_head: bool = False,
+        mlm_head: bool = True,
+        classifier: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -334,6 +273,11 @@ class BertForMaskedLM(nn.Module):
         )
         self.mlm_head = MLMHead(config, self.embeddings.word) if mlm_head else None
         self.nsp_head = NSPHead(config) if nsp_head else None
+        if classifier and nsp_head and config.position_embedding_type == "absolute":
+            raise ModelInputError(
+                "a BERT classifier and the NSP head would share bert.pooler; build one of them"
+            )
+        self.classifier = ClassificationHead(config) if classifier else None
         self.apply(self._init_weights)
 
     # -- initialisation and optimisation ---------------------------------------------------------
@@ -545,7 +489,7 @@ class BertForMaskedLM(nn.Module):
             )
         nsp_logits = None
         if self.nsp_head is not None:
-            nsp_logits = self.nsp_head(hidden)  # (B, 2)
+            nsp_logits = self.nsp_head(hidden[:, 0])  # (B, 2)
             if next_sentence_label is not None:
                 nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.reshape(-1))
                 loss = nsp_loss if loss is None else loss + nsp_loss
@@ -554,6 +498,35 @@ class BertForMaskedLM(nn.Module):
         return MaskedLMOutput(
             logits=logits, last_hidden_state=hidden, loss=loss, nsp_logits=nsp_logits
         )
+
+    def classify(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        class_weights: Tensor | None = None,
+    ) -> ClassifierOutput:
+        """Class logits (B, num_labels) from the [CLS] vectors (+ cross-entropy given labels (B,),
+        weighted per class by class_weights (num_labels,) if given).
+
+        The last layer runs at the [CLS] rows only (as the fill-mask fast path does).
+        """
+        if self.classifier is None:
+            raise ModelInputError("this model has no classification head (config.labels)")
+        cls_rows = torch.zeros_like(input_ids, dtype=torch.bool)  # (B, T)
+        cls_rows[:, 0] = True
+        cls, _ = self._encoder(input_ids, attention_mask, token_type_ids, cls_rows)  # (B, H)
+        logits = self.classifier(cls)  # (B, C)
+        loss = None
+        if labels is not None:
+            if labels.shape != (input_ids.shape[0],):
+                raise ModelInputError(
+                    f"labels must be one class id per row {(input_ids.shape[0],)}, "
+                    f"got {tuple(labels.shape)}"
+                )
+            loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        return ClassifierOutput(logits=logits, loss=loss)
 
     def embed(
         self,

@@ -8,8 +8,10 @@ load through it; `BertForMaskedLM.from_pretrained` is the same call keeping the 
 What it loads, recognised from the directory itself (see `model/layout.py` for the JSON side):
 - transformers' BertForMaskedLM (decoder bias stored apart or tied, decoder weight stored once or
   twice), BertForPreTraining (MLM + NSP heads; the NSP head is loaded on request), BertModel (the
-  encoder alone: tensor names without a prefix, no MLM head), and ours, including rotary-position
-  checkpoints (RoFormerForMaskedLM / RoFormerModel: "roformer." names);
+  encoder alone: tensor names without a prefix, no MLM head), BertForSequenceClassification (a
+  text classifier: `classifier.*`, labels from config.json's id2label), and ours, including
+  rotary-position checkpoints (RoFormerForMaskedLM / RoFormerModel /
+  RoFormerForSequenceClassification: "roformer." names);
 - a sentence-transformers directory around any of those: the Transformer module's model, with
   the Pooling module's pooling, the Normalize module and sentence_bert_config.json's
   max_seq_length and do_lower_case as the defaults of embeddings;
@@ -34,6 +36,7 @@ sharded writes, pre-LN export to transformers (it cannot represent it; convert.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -46,11 +49,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from atomicio import atomic_write_files
-from model.config import BertConfig
+from model.config import CLASSIFIER_SUFFIX, BertConfig
 from model.errors import CheckpointError, ModelError
 from model.layout import CONFIG_NAME, CheckpointLayout, read_layout
 from model.rotary import roformer_sinusoids
 from model.weights import (
+    CLASSIFIER_PREFIX,
     MLM_PREFIX,
     NSP_PREFIX,
     ROFORMER_SINUSOIDS,
@@ -75,6 +79,7 @@ class Capabilities:
     kind: str  # transformers' class for its weights: BertForMaskedLM, BertModel, ...
     sentence_transformers: bool  # a sentence-transformers directory
     fill_mask: bool  # it has an MLM head
+    labels: tuple[str, ...]  # a text classifier's labels in id order; () without one
     pooling: str  # default pooling of embeddings (model.config.POOLINGS)
     normalize: bool  # embeddings are unit vectors by default
     max_tokens: int  # the longest input, special tokens included
@@ -121,13 +126,21 @@ def load_checkpoint(
         layout.model_dir, allow_pickle=allow_pickle, map_location=map_location
     )
     source = str(layout.model_dir)
-    prefix, has_mlm, has_nsp = detect_heads(raw, config)
+    prefix, has_mlm, has_nsp, has_cls = detect_heads(raw, config)
     if nsp_head and not has_nsp:
         raise CheckpointError(f"{source}: no NSP head (cls.seq_relationship) to load")
+    if has_cls != bool(config.labels):
+        raise CheckpointError(
+            f"{source}: the weights hold a classification head but config.json names no labels "
+            "(architectures ...ForSequenceClassification with id2label)"
+            if has_cls
+            else f"{source}: config.json describes a classifier but the weights have no "
+            "classifier tensors"
+        )
     # Built on the meta device and filled by assignment: no time spent on a random init that the
     # checkpoint overwrites, and the tensors stay on map_location.
     with torch.device("meta"):
-        model = model_class(config, nsp_head=nsp_head, mlm_head=has_mlm)
+        model = model_class(config, nsp_head=nsp_head, mlm_head=has_mlm, classifier=has_cls)
     state = from_hf_state_dict(raw, model, prefix, source=source)
     del raw
     dtype = dtype or torch.float32
@@ -155,9 +168,10 @@ def load_checkpoint(
         elif tokenizer is not None:  # sentence-transformers then truncates at the tokenizer's
             max_tokens = min(max_tokens, tokenizer.model_max_length)
     capabilities = Capabilities(
-        kind=_kind(config, has_mlm, has_nsp),
+        kind=_kind(config, has_mlm, has_nsp, has_cls),
         sentence_transformers=sentence is not None,
         fill_mask=has_mlm,
+        labels=config.labels,
         pooling=config.pooling,
         normalize=sentence.normalize if sentence is not None else True,
         max_tokens=max_tokens,
@@ -173,17 +187,20 @@ def load_checkpoint(
     return LoadedCheckpoint(model, tokenizer, sha256, capabilities, layout)
 
 
-def detect_heads(raw: dict[str, Tensor], config: BertConfig) -> tuple[str, bool, bool]:
-    """(encoder name prefix, has an MLM head, has an NSP head), from the tensor names alone."""
+def detect_heads(raw: dict[str, Tensor], config: BertConfig) -> tuple[str, bool, bool, bool]:
+    """(encoder name prefix, has an MLM head, an NSP head, a classifier), from the tensor names."""
     base = base_prefix(config)
     prefix = base if any(k.startswith(base + ".") for k in raw) else ""
     has_mlm = any(k.startswith(MLM_PREFIX) for k in raw)
     has_nsp = any(k.startswith(NSP_PREFIX) for k in raw)
-    return prefix, has_mlm, has_nsp
+    has_cls = any(k.startswith(CLASSIFIER_PREFIX) for k in raw)
+    return prefix, has_mlm, has_nsp, has_cls
 
 
-def _kind(config: BertConfig, mlm: bool, nsp: bool) -> str:
+def _kind(config: BertConfig, mlm: bool, nsp: bool, classifier: bool = False) -> str:
     family = "RoFormer" if config.position_embedding_type == "rotary" else "Bert"
+    if classifier:
+        return f"{family}{CLASSIFIER_SUFFIX}"
     if mlm and nsp and family == "Bert":
         return "BertForPreTraining"
     return f"{family}ForMaskedLM" if mlm else f"{family}Model"
@@ -221,13 +238,16 @@ def save_checkpoint(model: Any, directory: str | Path) -> None:
     """Write config.json and model.safetensors into `directory` (created if needed), atomically.
 
     A model with an MLM head is written as transformers' BertForMaskedLM (RoFormerForMaskedLM
-    for rotary positions); one without as BertModel (RoFormerModel), with unprefixed names as
-    transformers writes those. Refuses (CheckpointError) to write non-finite weights, so a
+    for rotary positions); one with a classifier as BertForSequenceClassification
+    (RoFormerForSequenceClassification); one without heads as BertModel (RoFormerModel), with
+    unprefixed names as transformers writes those. Refuses (CheckpointError) to write non-finite weights, so a
     diverged run cannot overwrite a good checkpoint.
     """
     directory = Path(directory)
     config: BertConfig = model.config
-    headless = model.mlm_head is None
+    if model.classifier is None and config.labels:  # an encoder saved without its classifier
+        config = dataclasses.replace(config, labels=())
+    headless = model.mlm_head is None and model.classifier is None
     prefix = "" if headless else base_prefix(config)
     tensors: dict[str, Tensor] = {}
     for key, tensor in to_hf_state_dict(model, prefix).items():
@@ -241,6 +261,8 @@ def save_checkpoint(model: Any, directory: str | Path) -> None:
     data = config.to_dict()
     if headless:
         data["architectures"] = [data["architectures"][0].replace("ForMaskedLM", "Model")]
+    elif model.nsp_head is not None and _kind(config, True, True) == "BertForPreTraining":
+        data["architectures"] = ["BertForPreTraining"]  # MLM + NSP heads, transformers' layout
     data["dtype"] = str(model.dtype).removeprefix("torch.")
     config_text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     try:

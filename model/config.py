@@ -130,6 +130,8 @@ SUPPORTED_MODEL_TYPES = ("bert", "roformer")
 # RoFormer keys with the only value we run (an embedding size other than hidden_size adds a
 # projection; rotary_value also rotates the values).
 ROFORMER_KEYS: dict[str, Any] = {"rotary_value": False}
+# transformers' class-name suffix of a text classifier (BertForSequenceClassification, ...).
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class BertConfig:
     norm_position: str = "post"  # "post": BERT/HF; "pre": LN before each sublayer, final LN
     position_embedding_type: str = "absolute"  # or "rotary" (RoPE on queries and keys)
     pooling: str = "mean"  # sentence-embedding pooling it was trained for; weights unaffected
+    # A text classifier's labels in id order (transformers' id2label); () = no classifier.
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -217,6 +221,17 @@ class BertConfig:
             raise ConfigError(
                 f"BertConfig.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
             )
+        labels = self.labels
+        if (
+            not isinstance(labels, tuple)
+            or not all(isinstance(x, str) and x for x in labels)
+            or len(set(labels)) != len(labels)
+            or len(labels) == 1
+        ):
+            raise ConfigError(
+                "BertConfig.labels must be a tuple of at least two distinct non-empty label "
+                f"names (or empty: no classifier), got {labels!r}"
+            )
 
     @property
     def head_size(self) -> int:
@@ -266,6 +281,7 @@ class BertConfig:
                     f"config {key}={data[key]!r} is not supported (only {supported!r}): "
                     "it changes the architecture in a way this model does not implement"
                 )
+        data["labels"] = _classifier_labels(data)
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - HARMLESS_HF_KEYS - set(ARCHITECTURE_HF_KEYS))
         if unknown:
@@ -278,15 +294,22 @@ class BertConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as written to config.json: our fields plus the HF keys transformers needs."""
         out: dict[str, Any] = dataclasses.asdict(self)
+        labels = out.pop("labels")
+        family, head = "Bert", "ForMaskedLM"
         if self.position_embedding_type == "rotary":  # transformers' RoFormerForMaskedLM
-            out.update(
-                model_type="roformer",
-                architectures=["RoFormerForMaskedLM"],
-                embedding_size=self.hidden_size,
-                rotary_value=False,
-            )
+            family = "RoFormer"
+            out.update(model_type="roformer", embedding_size=self.hidden_size, rotary_value=False)
         else:
-            out.update(model_type="bert", architectures=["BertForMaskedLM"])
+            out.update(model_type="bert")
+        if labels:  # transformers' ...ForSequenceClassification reads these
+            head = CLASSIFIER_SUFFIX
+            out.update(
+                id2label={str(i): name for i, name in enumerate(labels)},
+                label2id={name: i for i, name in enumerate(labels)},
+                num_labels=len(labels),
+                problem_type="single_label_classification",
+            )
+        out["architectures"] = [family + head]
         out.update(
             # Written explicitly so readers that default otherwise (or older transformers)
             # cannot mistake the architecture.
@@ -310,6 +333,37 @@ class BertConfig:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
+
+
+def _classifier_labels(data: dict[str, Any]) -> tuple[str, ...]:
+    """The labels of a sequence classifier's config (id2label in id order); () for other models.
+
+    transformers writes id2label into every config (LABEL_0, LABEL_1 by default); only a config
+    whose `architectures` names a ...ForSequenceClassification means them.
+    """
+    if "labels" in data:  # ours, built in code or from to_dict() of a test
+        return tuple(data["labels"]) if isinstance(data["labels"], list) else data["labels"]
+    if not any(str(a).endswith(CLASSIFIER_SUFFIX) for a in data.get("architectures") or ()):
+        return ()
+    problem = data.get("problem_type")
+    if problem not in (None, "single_label_classification"):
+        raise ConfigError(
+            f"config problem_type {problem!r} is not supported; only single-label "
+            "classification heads load"
+        )
+    raw = data.get("id2label")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("a sequence classifier's config needs id2label (label names by id)")
+    try:
+        by_id = {int(k): v for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"config id2label keys must be integer ids, got {sorted(raw)}") from None
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ConfigError(f"config id2label ids must be 0..{len(by_id) - 1}, got {sorted(by_id)}")
+    num = data.get("num_labels", len(by_id))
+    if num != len(by_id):
+        raise ConfigError(f"config num_labels={num!r} but id2label has {len(by_id)} labels")
+    return tuple(by_id[i] for i in range(len(by_id)))
 
 
 def _is_int(value: Any) -> bool:

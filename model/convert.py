@@ -62,7 +62,12 @@ def _summary(loaded: LoadedCheckpoint) -> str:
     kind = caps.kind + (
         " in a sentence-transformers directory" if caps.sentence_transformers else ""
     )
-    tasks = "fill-mask and embeddings" if caps.fill_mask else "embeddings only (no MLM head)"
+    if caps.labels:
+        tasks = f"text classification ({len(caps.labels)} labels) and embeddings"
+    elif caps.fill_mask:
+        tasks = "fill-mask and embeddings"
+    else:
+        tasks = "embeddings only (no MLM head)"
     return (
         f"{kind}, {tasks} ({caps.pooling} pooling{', normalized' if caps.normalize else ''}, "
         f"up to {caps.max_tokens} tokens); BERT {c.norm_position}-LN, {positions} positions: "

@@ -34,7 +34,15 @@ SENTENCE_CONFIG_NAME = "sentence_bert_config.json"
 SENTENCE_MODEL_CONFIG_NAME = "config_sentence_transformers.json"
 # What transformers calls the models we run: the encoder, with or without pretraining heads.
 SUPPORTED_ARCHITECTURES = frozenset(
-    {"BertModel", "BertForMaskedLM", "BertForPreTraining", "RoFormerModel", "RoFormerForMaskedLM"}
+    {
+        "BertModel",
+        "BertForMaskedLM",
+        "BertForPreTraining",
+        "BertForSequenceClassification",
+        "RoFormerModel",
+        "RoFormerForMaskedLM",
+        "RoFormerForSequenceClassification",
+    }
 )
 # sentence-transformers' pooling modes -> ours (model.config.POOLINGS).
 ST_POOLINGS = {

@@ -45,6 +45,7 @@ DECODER_BIAS = "cls.predictions.decoder.bias"
 MLM_BIAS = "cls.predictions.bias"
 MLM_PREFIX = "cls.predictions."
 NSP_PREFIX = "cls.seq_relationship."
+CLASSIFIER_PREFIX = "classifier."  # BertForSequenceClassification / RoFormer...'s head
 # RoFormer's fixed sinusoidal table: written so transformers finds every tensor it expects,
 # ignored on load (rotary angles are computed, not stored).
 ROFORMER_SINUSOIDS = "encoder.embed_positions.weight"
@@ -67,7 +68,12 @@ def _join(prefix: str, name: str) -> str:
 
 
 def key_map(
-    config: BertConfig, *, prefix: str | None = None, mlm_head: bool = True, nsp_head: bool = False
+    config: BertConfig,
+    *,
+    prefix: str | None = None,
+    mlm_head: bool = True,
+    nsp_head: bool = False,
+    classifier: bool = False,
 ) -> list[tuple[str, tuple[str, ...]]]:
     """(our state-dict key, HF key(s)) pairs; three HF keys are concatenated along dim 0.
 
@@ -121,13 +127,20 @@ def key_map(
     if nsp_head:
         add("nsp_head.pooler", _join(base, "pooler.dense"))
         add("nsp_head.classifier", "cls.seq_relationship")
+    if classifier and config.position_embedding_type == "rotary":  # RoFormerClassificationHead
+        add("classifier.dense", "classifier.dense")
+        add("classifier.out", "classifier.out_proj")
+    elif classifier:  # BertForSequenceClassification: the pooler, then a Linear
+        add("classifier.dense", _join(base, "pooler.dense"))
+        add("classifier.out", CLASSIFIER_PREFIX.rstrip("."))
     return pairs
 
 
 def to_hf_state_dict(model: Any, prefix: str | None = None) -> dict[str, Tensor]:
     """A model's parameters under HF names (views of the parameters; qkv split into three).
 
-    `model` is a `BertForMaskedLM` (duck-typed: `config`, `mlm_head`, `nsp_head`, `state_dict`).
+    `model` is a `BertForMaskedLM` (duck-typed: `config`, `mlm_head`, `nsp_head`, `classifier`,
+    `state_dict`).
     """
     state = model.state_dict()
     out: dict[str, Tensor] = {}
@@ -136,6 +149,7 @@ def to_hf_state_dict(model: Any, prefix: str | None = None) -> dict[str, Tensor]
         prefix=prefix,
         mlm_head=model.mlm_head is not None,
         nsp_head=model.nsp_head is not None,
+        classifier=model.classifier is not None,
     )
     for ours, hf_keys in pairs:
         parts = state[ours].chunk(len(hf_keys), dim=0) if len(hf_keys) > 1 else (state[ours],)
@@ -205,7 +219,13 @@ def from_hf_state_dict(
     # The decoder weight is tied to the word embeddings: stored once (HF) or twice (old .bin).
     decoder = state.pop(DECODER_WEIGHT, None)
 
-    pairs = key_map(model.config, prefix=prefix, mlm_head=mlm, nsp_head=model.nsp_head is not None)
+    pairs = key_map(
+        model.config,
+        prefix=prefix,
+        mlm_head=mlm,
+        nsp_head=model.nsp_head is not None,
+        classifier=model.classifier is not None,
+    )
     expected = {k: tuple(v.shape) for k, v in to_hf_state_dict(model, prefix).items()}
     ignorable = {_join(prefix, b) for b in _IGNORED_BUFFERS}
 
@@ -213,6 +233,8 @@ def from_hf_state_dict(
         if key in ignorable:
             return True
         if model.nsp_head is None and key.startswith((_join(prefix, "pooler."), NSP_PREFIX)):
+            return True
+        if model.classifier is None and key.startswith(CLASSIFIER_PREFIX):
             return True
         return not mlm and key.startswith(MLM_PREFIX)
 

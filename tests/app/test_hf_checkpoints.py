@@ -283,8 +283,9 @@ def bad(models):
     _edit_json(d / "config.json", model_type="roberta", architectures=["RobertaForMaskedLM"])
     cases[d.name] = "architecture RobertaForMaskedLM is not supported"
     d = _variant(models, "bad-classifier", "cased")
+    # Named a classifier, but the copied BertForMaskedLM config has no labels (id2label).
     _edit_json(d / "config.json", architectures=["BertForSequenceClassification"])
-    cases[d.name] = "architecture BertForSequenceClassification is not supported"
+    cases[d.name] = "a sequence classifier's config needs id2label"
     d = _variant(models, "bad-no-vocab", "cased")
     for name in ("tokenizer.json", "vocab.txt"):
         (d / name).unlink(missing_ok=True)
