@@ -74,18 +74,21 @@ def init_weights_from(model: torch.nn.Module, directory: Path, device: torch.dev
 
     start = load_checkpoint(directory, BertForMaskedLM, map_location=device).model
     missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
-    fresh_head = start.mlm_head is None and all(k.startswith("mlm_head.") for k in missing)
-    if unexpected or (missing and not fresh_head):
+    # Heads the checkpoint lacks start fresh: the MLM head of an encoder-only checkpoint, and
+    # the NSP head a sentence-pair objective adds.
+    fresh = ("nsp_head.",) if start.mlm_head is not None else ("mlm_head.", "nsp_head.")
+    if unexpected or any(not k.startswith(fresh) for k in missing):
         raise ValueError(
             f"train.init_from={str(directory)!r} does not fit the model: missing "
             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     del start
     if missing:
+        heads = sorted({k.split(".")[0] for k in missing})
         logger.warning(
-            "initialised the encoder from %s; it has no MLM head, so the head starts from "
-            "a fresh initialisation",
+            "initialised the encoder from %s; %s start(s) from a fresh initialisation",
             directory,
+            " and ".join(heads),
         )
     else:
         logger.info("initialised the weights from %s", directory)
@@ -153,8 +156,12 @@ class CheckpointManager:
         *,
         step: int,
         valid_loss: float | None = None,
+        update_latest: bool = True,
     ) -> Path:
-        """Run `write(tmp_dir)`, publish it as `root/name`, move `latest`, rotate old ones."""
+        """Run `write(tmp_dir)`, publish it as `root/name`, move `latest`, rotate old ones.
+
+        update_latest=False publishes the directory only (an export that cannot be resumed from).
+        """
         if not self.writer:
             raise RuntimeError("only the writer (rank 0) saves checkpoints")
         target = self.root / name
@@ -185,6 +192,8 @@ class CheckpointManager:
             if best is None or valid_loss < best["valid_loss"] or best["name"] == name:
                 record = {"name": name, "step": step, "valid_loss": valid_loss}
                 atomic_write_text(self.root / BEST, json.dumps(record) + "\n")
+        if not update_latest:
+            return target
         atomic_write_text(self.root / LATEST, name + "\n")
         self._rotate()
         logger.info("saved checkpoint %s (step %d)", target, step)

@@ -299,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`bert-eval`: print validation metrics of a checkpoint directory as JSON.
 
     --task mlm (default): MLM loss / accuracy / perplexity; --task retrieval: example ->
-    definition retrieval with our embeddings and a TF-IDF baseline.
+    definition retrieval with our embeddings and a TF-IDF baseline; --task classify: accuracy,
+    macro-F1 and a per-class table of a classifier on labelled files (`--corpus` takes them).
     """
     parser = argparse.ArgumentParser(
         prog="bert-eval",
@@ -307,11 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with fixed per-row masks (comparable across checkpoints and runs); with --task cloze, "
         "whole-word fill-in-the-blank top-1/top-5 on the corpus's lines; or, with --task "
         "retrieval, example->definition retrieval (recall@1/10, MRR) of its sentence embeddings "
-        "beside a TF-IDF baseline on the same pairs. Prints JSON.",
+        "beside a TF-IDF baseline on the same pairs; with --task classify, accuracy, macro-F1 "
+        "and a per-class table of a fine-tuned classifier on labelled TSV/CSV/JSONL files. "
+        "Prints JSON.",
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory")
     parser.add_argument("--corpus", required=True, nargs="+", help=".txt or .jsonl files")
-    parser.add_argument("--task", choices=("mlm", "retrieval", "cloze"), default="mlm")
+    parser.add_argument("--task", choices=("mlm", "retrieval", "cloze", "classify"), default="mlm")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-rows", type=int, default=0, help="evaluate at most N rows (0=all)")
     parser.add_argument(
@@ -334,12 +337,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="retrieval: sentence pooling (default: the checkpoint's, else mean)",
     )
+    parser.add_argument(
+        "--confusion",
+        type=Path,
+        default=None,
+        metavar="OUT.png",
+        help="classify: draw the confusion matrix into this file",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     try:
-        if args.task == "cloze":
+        if args.task == "classify":
+            from training.classify_eval import evaluate_checkpoint_classify, format_report
+
+            metrics = evaluate_checkpoint_classify(
+                args.checkpoint,
+                args.corpus,
+                batch_size=args.batch_size,
+                max_length=args.max_seq_length,
+                device=args.device,
+                confusion_png=args.confusion,
+            )
+            print(format_report(metrics), file=sys.stderr)  # the table for people; JSON below
+        elif args.task == "cloze":
             metrics = evaluate_checkpoint_cloze(
                 args.checkpoint,
                 args.corpus,

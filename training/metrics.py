@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "RunLog", "StepStats", "plot_curves", "read_metrics"]
+__all__ = [
+    "MetricsLogger",
+    "RunLog",
+    "StepStats",
+    "plot_curves",
+    "plot_finetune_curves",
+    "read_metrics",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +235,40 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
         ax_ret.set(ylabel="retrieval")
         ax_ret.plot([], [], color="C2", label="train InfoNCE (left)")  # one legend for both axes
         ax_ret.legend(loc="center right")
-    for ax in (ax_loss, ax_acc):
+    return _save(fig, (ax_loss, ax_acc), out_path)
+
+
+def plot_finetune_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
+    """A fine-tuning run's curves: train/valid loss (left), train/valid accuracy and valid
+    macro-F1 (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label, ax, colour in (
+        ("train_loss", "train", ax_loss, "C0"),
+        ("valid_loss", "valid", ax_loss, "C1"),
+        ("train_accuracy", "train accuracy", ax_acc, "C0"),
+        ("valid_accuracy", "valid accuracy", ax_acc, "C1"),
+        ("valid_macro_f1", "valid macro-F1", ax_acc, "C2"),
+    ):
+        steps, values = _series(records, key)
+        if steps:
+            marker = "o" if len(steps) < 30 else None
+            ax.plot(steps, values, label=label, color=colour, marker=marker)
+    ax_loss.set(title="classification loss", xlabel="step", ylabel="cross-entropy")
+    ax_acc.set(title="accuracy and macro-F1", xlabel="step", ylabel="score")
+    return _save(fig, (ax_loss, ax_acc), out_path)
+
+
+def _save(fig: Any, axes: tuple[Any, ...], out_path: str | Path) -> Path:
+    """Grid and legend on `axes`, then write the figure and free it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
