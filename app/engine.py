@@ -3,26 +3,31 @@ with it.
 
 * ``load_engine(dir)`` loads a checkpoint directory through the one loader,
   ``model.checkpoint.load_checkpoint`` (ours, a transformers BERT directory of any of the kinds it
-  recognises, or a sentence-transformers one), safetensors only, every file inside the models root
-  when one is given; checks that the tokenizer fits the embedding matrix, and runs a test forward
-  pass. Any failure is a ``CheckpointLoadError`` whose message names the problem.
-* ``Engine.capabilities``: what the model can do (fill-mask needs an MLM head) and the defaults
-  of its embeddings (pooling, normalisation, token limit), which ``/info`` reports.
+  recognises, a text classifier among them, or a sentence-transformers one), safetensors only,
+  every file inside the models root when one is given; checks that the tokenizer fits the
+  embedding matrix, and runs a test forward pass. Any failure is a ``CheckpointLoadError`` whose
+  message names the problem.
+* ``Engine.capabilities``: what the model can do (fill-mask needs an MLM head, classification a
+  classifier, whose labels it lists) and the defaults of its embeddings (pooling, normalisation,
+  token limit), which ``/info`` reports.
 * ``Engine.encode*`` turn request texts into ``Encoded`` inputs (run in the tokenizer thread):
   truncation, the token limit, ``[MASK]`` positions, fill-mask targets.
-* ``Engine.run_batch(jobs)`` computes a batch of fill-mask and embedding jobs in one go (run in the
-  dedicated model thread, under ``torch.inference_mode``): inputs sorted by length, split into
-  forward passes by ``plan_chunks``, MLM logits only at ``[MASK]`` positions.
+* ``Engine.run_batch(jobs)`` computes a batch of fill-mask, embedding and classification jobs in
+  one go (run in the dedicated model thread, under ``torch.inference_mode``): inputs sorted by
+  length, split into forward passes by ``plan_chunks``, MLM logits only at ``[MASK]`` positions,
+  and a pass of classifications alone runs its last layer at ``[CLS]`` only.
 
 Deliberately not here: HTTP, queues, threads (``app.service`` and ``app.batcher`` own those).
 Only safetensors are loaded (never pickle: a ``pytorch_model.bin`` is refused, convert it with
-``bert-convert``). ``app`` never imports ``training``.
+``bert-convert``). ``app`` never imports ``training``. Sentence pairs (token type 1) are not
+classified: every input is one text.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,9 +79,27 @@ class EmbedJob:
     normalize: bool = True
 
 
+@dataclass(eq=False, slots=True)
+class ClassifyJob:
+    """A text-classification request: one score per label (in label id order) per input."""
+
+    inputs: list[Encoded]
+    function: str = "softmax"  # a key of SCORE_FUNCTIONS (the pipeline's function_to_apply)
+
+
+Job = FillMaskJob | EmbedJob | ClassifyJob
 # Per input: per mask, candidates (token id, probability) best first.
 FillMaskResult = list[list[list[tuple[int, float]]]]
 EmbedResult = list[list[float]]
+ClassifyResult = list[list[float]]
+
+# How class logits become scores, by the name transformers' text-classification pipeline gives
+# it (function_to_apply); "none" answers the logits themselves.
+SCORE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: logits.softmax(dim=-1),
+    "sigmoid": torch.sigmoid,
+    "none": lambda logits: logits,
+}
 
 
 @dataclass(eq=False)
@@ -108,6 +131,10 @@ class Engine:
     def can_fill_mask(self) -> bool:
         return self.capabilities.fill_mask
 
+    @property
+    def can_classify(self) -> bool:
+        return bool(self.capabilities.labels)
+
     def info(self) -> dict[str, Any]:
         """What ``/info`` shows about the model."""
         caps = self.capabilities
@@ -124,6 +151,8 @@ class Engine:
             "load_seconds": round(self.load_seconds, 3),
             "capabilities": {
                 "fill_mask": caps.fill_mask,
+                "classify": self.can_classify,
+                "labels": list(caps.labels),  # in label id order; [] without a classifier
                 "embed": True,
                 "sentence_similarity": True,
                 "tokenize": True,
@@ -230,8 +259,9 @@ class Engine:
         return out
 
     # --- compute (model thread) ----------------------------------------------------------------
-    def run_batch(self, jobs: list[FillMaskJob | EmbedJob]) -> list[Any]:
-        """Compute every job of a batch; one result per job (FillMaskResult or EmbedResult)."""
+    def run_batch(self, jobs: list[Job]) -> list[Any]:
+        """Compute every job of a batch; one result per job (FillMaskResult, EmbedResult or
+        ClassifyResult)."""
         with torch.inference_mode():
             return self._run_batch(jobs)
 
@@ -247,7 +277,7 @@ class Engine:
         h, i = cfg.hidden_size, cfg.intermediate_size
         return n * max_len * max_len * 2 * h / (4 * h * h + 2 * h * i)
 
-    def _run_batch(self, jobs: list[FillMaskJob | EmbedJob]) -> list[Any]:
+    def _run_batch(self, jobs: list[Job]) -> list[Any]:
         rows = [(j, i, enc) for j, job in enumerate(jobs) for i, enc in enumerate(job.inputs)]
         rows.sort(key=lambda r: len(r[2]))  # similar lengths share a forward pass
         results: list[list[Any]] = [[None] * len(job.inputs) for job in jobs]
@@ -258,13 +288,17 @@ class Engine:
             T = len(chunk[-1][2])
             ids = torch.tensor([enc.ids + [pad_id] * (T - len(enc)) for _, _, enc in chunk])
             attn = torch.tensor([[1] * len(enc) + [0] * (T - len(enc)) for _, _, enc in chunk])
-            fill_rows = [k for k, (j, _, _) in enumerate(chunk) if isinstance(jobs[j], FillMaskJob)]
+            kinds = [type(jobs[j]) for j, _, _ in chunk]
+            fill_rows = [k for k, kind in enumerate(kinds) if kind is FillMaskJob]
+            embed_rows = [k for k, kind in enumerate(kinds) if kind is EmbedJob]
+            class_rows = [k for k, kind in enumerate(kinds) if kind is ClassifyJob]
+            hidden = None  # (B, T, H): every token's final vector, computed only when needed
             if fill_rows:  # only ever on a model with an MLM head (ServeState checks)
                 pred = torch.zeros_like(ids, dtype=torch.bool)  # (B, T)
                 for k in fill_rows:
                     pred[k, chunk[k][2].mask_positions] = True
-                # Fast path: with no embedding row in this pass, the last layer runs only at
-                # the [MASK] positions (return_hidden=False); embeddings need every token.
+                # Fast path: with no other row in this pass, the last layer runs only at the
+                # [MASK] positions (return_hidden=False); the other rows need every token.
                 need_hidden = len(fill_rows) < len(chunk)
                 out = self.model(
                     ids, attention_mask=attn, prediction_mask=pred, return_hidden=need_hidden
@@ -279,9 +313,8 @@ class Engine:
                         probs[offset : offset + n], jobs[j], self.tokenizer.vocab_size
                     )
                     offset += n
-            else:
+            elif embed_rows:
                 hidden = self.model.encode(ids, attention_mask=attn)  # (B, T, H)
-            embed_rows = [k for k, (j, _, _) in enumerate(chunk) if isinstance(jobs[j], EmbedJob)]
             for pooling in {jobs[chunk[k][0]].pooling for k in embed_rows}:
                 rows_p = [k for k in embed_rows if jobs[chunk[k][0]].pooling == pooling]
                 sel = torch.tensor(rows_p)
@@ -293,25 +326,49 @@ class Engine:
                     if jobs[j].normalize:
                         vec = F.normalize(vec, p=2.0, dim=-1)
                     results[j][i] = vec.float().tolist()
+            if class_rows:  # only ever on a model with a classifier (ServeState checks)
+                if hidden is None:
+                    # Fast path: a pass of classifications alone runs its last layer at [CLS] only.
+                    class_logits = self.model.classify(ids, attention_mask=attn).logits  # (B, C)
+                else:  # the [CLS] vectors are there already: the head alone
+                    cls = hidden[torch.tensor(class_rows), 0]  # (K, H)
+                    class_logits = self.model.classifier(cls)  # (K, C)
+                for r, k in enumerate(class_rows):
+                    j, i, _ = chunk[k]
+                    score = SCORE_FUNCTIONS[jobs[j].function]
+                    results[j][i] = score(class_logits[r].float()).tolist()  # (C,)
         return results
 
     def self_test(self) -> None:
         """A forward pass on a fixed input; CheckpointLoadError unless shapes and values are sane."""
         tok = self.tokenizer
-        jobs: list[FillMaskJob | EmbedJob] = []
+        jobs: list[Job] = [
+            EmbedJob(inputs=self.encode_many(["a test ."], truncate=True), normalize=False)
+        ]
         if self.can_fill_mask:
             enc = self.encode_fill_mask([f"the {tok.mask_token} is here ."], truncate=True)
             jobs.append(FillMaskJob(inputs=enc, top_k=1))
-        jobs.append(EmbedJob(inputs=self.encode_many(["a test ."], truncate=True), normalize=False))
+        if self.can_classify:
+            inputs = self.encode_many(["a test ."], truncate=True)
+            jobs.append(ClassifyJob(inputs=inputs, function="none"))
         try:
             results = self.run_batch(jobs)
         except (ModelError, RuntimeError, ValueError) as e:
             raise CheckpointLoadError(f"{self.path}: the test forward pass failed ({e})") from e
-        vec = torch.tensor(results[-1][0])
+        vec = torch.tensor(results[0][0])
         finite = bool(torch.isfinite(vec).all())
-        if self.can_fill_mask:
-            score = results[0][0][0][0][1]
-            finite = finite and 0.0 <= score <= 1.0
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(job, FillMaskJob):
+                score = result[0][0][0][1]
+                finite = finite and 0.0 <= score <= 1.0
+            elif isinstance(job, ClassifyJob):
+                logits = torch.tensor(result[0])
+                finite = finite and bool(torch.isfinite(logits).all())
+                if logits.shape != (len(self.capabilities.labels),):
+                    raise CheckpointLoadError(
+                        f"{self.path}: the classifier gives {tuple(logits.shape)} scores, "
+                        f"expected one per label ({len(self.capabilities.labels)},)"
+                    )
         if not finite:
             raise CheckpointLoadError(f"{self.path}: the test forward pass gave non-finite values")
         if vec.shape != (self.config.hidden_size,):

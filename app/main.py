@@ -34,9 +34,10 @@ logger = logging.getLogger(__name__)
 PROBE_PATHS = frozenset({"/health", "/live", "/metrics"})
 
 API_DESCRIPTION = """\
-Fill-mask and sentence embeddings from a BERT checkpoint (ours, any HuggingFace BERT directory or
-a sentence-transformers one), with dynamic batching and hot-swap. `GET /info` says what the
-serving model can do; `POST /` takes what `huggingface_hub.InferenceClient` sends.
+Fill-mask, sentence embeddings and text classification from a BERT checkpoint (ours, any
+HuggingFace BERT directory, a sequence classifier or a sentence-transformers one), with dynamic
+batching and hot-swap. `GET /info` says what the serving model can do; `POST /` takes what
+`huggingface_hub.InferenceClient` sends.
 
 Every error is `{"error": "<message>", "error_type": "<Kind>"}`; every response carries
 `X-Model-Version`. The admin API (`/admin/*`) answers 404 unless an admin token is configured.

@@ -90,8 +90,11 @@ class ServeMetrics:
         )
         self.model_info = Gauge(
             "bert_model_info",
-            "The model being served (value 1).",
-            ["version", "sha256"],
+            "The model being served (value 1): version, weights, architecture (kind) and how "
+            "many labels its classifier has (0: none).",
+            # The label names themselves are in /info: a classifier may have thousands, too
+            # many for one label value.
+            ["version", "sha256", "kind", "num_labels"],
             registry=r,
         )
         for reason in ("cancelled", "client_disconnected", "deadline", "overloaded"):
@@ -99,10 +102,12 @@ class ServeMetrics:
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
 
-    def set_model(self, version: str, sha256: str) -> None:
+    def set_model(self, version: str, sha256: str, kind: str, num_labels: int = 0) -> None:
         """Make ``bert_model_info`` show exactly one model: the one now serving."""
         self.model_info.clear()
-        self.model_info.labels(version=version, sha256=sha256).set(1)
+        self.model_info.labels(
+            version=version, sha256=sha256, kind=kind, num_labels=str(num_labels)
+        ).set(1)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

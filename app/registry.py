@@ -152,7 +152,8 @@ class ModelRegistry:
         # The swap: one reference assignment on the event loop. The batcher reads `current` only
         # when a request is tokenized, and batches by engine, so no batch mixes versions.
         self.current = engine
-        self.metrics.set_model(engine.version, engine.sha256)
+        caps = engine.capabilities
+        self.metrics.set_model(engine.version, engine.sha256, caps.kind, len(caps.labels))
 
     @property
     def version(self) -> str | None:

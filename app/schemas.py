@@ -6,8 +6,9 @@ the running configuration (inputs per request, tokens per input, ``max_top_k``) 
 fields are rejected (422), so a misspelt option never silently falls back to its default.
 
 Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``;
-``pooling`` and ``normalize`` default to the checkpoint's), ``/v1/embeddings`` is OpenAI's,
-``/fill-mask`` candidates are transformers' pipeline dicts, and ``POST /`` takes what
+``pooling`` and ``normalize`` default to the checkpoint's), ``/predict`` is TEI's (plus the
+text-classification pipeline's ``top_k``; texts only, no sentence pairs), ``/v1/embeddings`` is
+OpenAI's, ``/fill-mask`` candidates are transformers' pipeline dicts, and ``POST /`` takes what
 ``huggingface_hub.InferenceClient`` sends (``PipelineRequest``) and answers in the shapes of
 transformers' pipelines.
 """
@@ -24,6 +25,8 @@ _MAX_LIST = 4096
 Inputs = str | Annotated[list[str], Field(max_length=_MAX_LIST)]
 # model.POOLINGS, spelled out for the OpenAPI schema (a test checks they agree).
 Pooling = Literal["mean", "cls", "max", "mean_sqrt_len"]
+# TEI accepts both spellings.
+TruncationDirection = Literal["right", "left", "Right", "Left"]
 
 
 class _Request(BaseModel):
@@ -69,7 +72,7 @@ class EmbedRequest(_Request):
         "(true, or for a sentence-transformers directory whether it has a Normalize module).",
     )
     truncate: bool = False
-    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    truncation_direction: TruncationDirection = "right"
     prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
     pooling: Pooling | None = Field(
         default=None,
@@ -79,6 +82,33 @@ class EmbedRequest(_Request):
         "pooling the checkpoint was trained with (its config.json 'pooling', or a "
         "sentence-transformers directory's Pooling module; 'mean' when it records none).",
     )
+
+
+class PredictRequest(_Request):
+    """text-embeddings-inference's ``/predict`` request (texts, not sentence pairs), plus the
+    text-classification pipeline's ``top_k``."""
+
+    inputs: Inputs = Field(description="A text or a list of texts, each classified on its own.")
+    raw_scores: bool = Field(
+        default=False,
+        description="Answer the logits instead of softmax probabilities.",
+    )
+    truncate: bool = Field(default=False, description="Cut inputs longer than the token limit.")
+    truncation_direction: TruncationDirection = "right"
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="Only the k best labels. Omitted or null: every label (TEI's answer).",
+    )
+
+
+class Prediction(BaseModel):
+    score: float = Field(description="Softmax probability of the label (its logit: raw_scores).")
+    label: str
+
+
+# One text: its labels, best first; a list of texts: one such list per text (TEI's shape).
+PredictResponse = list[Prediction] | list[list[Prediction]]
 
 
 class OpenAIEmbeddingsRequest(_Request):
@@ -132,12 +162,19 @@ class SimilarityInputs(_Request):
 
 class PipelineParameters(_Request):
     """Pipeline parameters: fill-mask's ``top_k`` and ``targets``; text classification's
-    ``function_to_apply`` (refused: no model served here has a classifier)."""
+    ``top_k`` and ``function_to_apply``."""
 
-    top_k: int | None = Field(default=None, ge=1, description="Fill-mask candidates per mask.")
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fill-mask: candidates per mask (default 5). Text classification: the k "
+        "best labels (default: every label).",
+    )
     targets: str | list[str] | None = Field(default=None, description="Fill-mask targets.")
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = Field(
-        default=None, description="Text classification: not supported (400)."
+        default=None,
+        description="Text classification (needs a model with a classification head): how "
+        "logits become scores (default softmax; 'none': the logits).",
     )
 
 
@@ -147,9 +184,12 @@ class PipelineRequest(_Request):
 
     - ``inputs`` = ``{"source_sentence", "sentences"}``: sentence similarity -> ``[float]``,
       the cosine of the source's embedding with each sentence's;
-    - ``parameters`` present (even ``{}``): the model's pipeline, fill-mask (needs an MLM head,
-      else 400 Unsupported; ``function_to_apply`` asks for text classification: 400) -> the
-      fill-mask pipeline's candidates (for one text with one mask a flat list);
+    - ``parameters`` present (even ``{}``): the model's pipeline. Text classification when
+      ``function_to_apply`` is given, or when the model has a classification head, no MLM head
+      and no text holds ``[MASK]`` (400 Unsupported without a classifier) -> per input, its
+      labels best first (one list per input even for one text: the Inference API's shape, which
+      ``InferenceClient`` reads). Otherwise fill-mask (needs an MLM head, else 400 Unsupported)
+      -> the fill-mask pipeline's candidates (for one text with one mask a flat list);
     - otherwise feature extraction, with TEI's top-level ``normalize``, ``truncate`` and
       ``truncation_direction`` -> ``[[float]]``, one vector per input.
     """
@@ -158,18 +198,19 @@ class PipelineRequest(_Request):
     parameters: PipelineParameters | None = None
     normalize: bool | None = Field(default=None, description="Feature extraction only.")
     truncate: bool | None = Field(default=None, description="Feature extraction only.")
-    truncation_direction: Literal["right", "left", "Right", "Left"] | None = Field(
+    truncation_direction: TruncationDirection | None = Field(
         default=None, description="Feature extraction only."
     )
     prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
 
 
 # POST / answers: fill-mask candidates (flat for one text with one mask, nested per mask and per
-# input otherwise), sentence similarities, or embeddings.
+# input otherwise), text-classification labels per input, sentence similarities, or embeddings.
 PipelineResponse = (
     list[FillMaskCandidate]
     | list[list[FillMaskCandidate]]
     | list[list[list[FillMaskCandidate]]]
+    | list[list[Prediction]]
     | list[float]
     | list[list[float]]
 )
@@ -194,6 +235,11 @@ class ReloadResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     error_type: str
+
+
+def ranked_predictions(ranked: list[list[tuple[str, float]]]) -> list[list[Prediction]]:
+    """Per input, its (label, score) pairs as ``Prediction``s, in the order given."""
+    return [[Prediction(label=label, score=score) for label, score in row] for row in ranked]
 
 
 def as_list(inputs: Inputs) -> tuple[list[str], bool]:

@@ -27,7 +27,7 @@ from fastapi import Request
 
 from app.batcher import BatchQueue, Pending
 from app.config import ServeConfig
-from app.engine import EmbedJob, Encoded, Engine, FillMaskJob
+from app.engine import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, Engine, FillMaskJob, Job
 from app.errors import InputValidationError, UnhealthyError, UnsupportedError
 from app.metrics import ServeMetrics
 from app.registry import ModelRegistry
@@ -154,9 +154,7 @@ class ServeState:
             self._model_thread, engine.run_batch, [p.payload for p in batch]
         )
 
-    async def _compute(
-        self, engine: Engine, job: FillMaskJob | EmbedJob, disconnected: Disconnect | None
-    ) -> Any:
+    async def _compute(self, engine: Engine, job: Job, disconnected: Disconnect | None) -> Any:
         if self.batcher is None:
             raise UnhealthyError("the batch worker is not running")
         pending = self.batcher.submit(
@@ -208,7 +206,7 @@ class ServeState:
         if not engine.can_fill_mask:
             raise UnsupportedError(
                 f"the model {engine.version} ({engine.capabilities.kind}) has no "
-                "masked-language-model head, so it cannot fill masks; it serves embeddings"
+                f"masked-language-model head, so it cannot fill masks; it serves {_serves(engine)}"
             )
 
         def prepare() -> FillMaskJob:
@@ -267,6 +265,46 @@ class ServeState:
         vectors = await self._compute(engine, job, disconnected)
         return engine, vectors, sum(len(e) for e in encoded)
 
+    async def classify(
+        self,
+        texts: list[str],
+        *,
+        function: str = "softmax",
+        top_k: int | None = None,
+        truncate: bool = False,
+        direction: str = "right",
+        disconnected: Disconnect | None = None,
+    ) -> tuple[Engine, list[list[tuple[str, float]]]]:
+        """(engine, per input its (label, score) pairs best first: the top_k, or all of them).
+
+        ``function`` turns logits into scores as the text-classification pipeline's
+        ``function_to_apply`` does: "softmax" (probabilities), "sigmoid" or "none" (the logits).
+        """
+        if function not in SCORE_FUNCTIONS:
+            raise InputValidationError(
+                f"function_to_apply must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}"
+            )
+        self.check_inputs(texts)
+        engine = self.engine()
+        if not engine.can_classify:
+            raise UnsupportedError(
+                f"the model {engine.version} ({engine.capabilities.kind}) has no classification "
+                f"head, so it cannot classify text; it serves {_serves(engine)}"
+            )
+        encoded: list[Encoded] = await self.in_tokenizer_thread(
+            engine.encode_many, texts, truncate=truncate, direction=direction
+        )
+        scores = await self._compute(
+            engine, ClassifyJob(inputs=encoded, function=function), disconnected
+        )
+        labels = engine.capabilities.labels
+        # Best first, ties in label order (a stable sort), as the pipeline ranks them.
+        ranked = [
+            sorted(zip(labels, row, strict=True), key=lambda p: p[1], reverse=True)[:top_k]
+            for row in scores
+        ]
+        return engine, ranked
+
     async def similarity(
         self, source: str, sentences: list[str], *, disconnected: Disconnect | None = None
     ) -> tuple[Engine, list[float]]:
@@ -292,6 +330,13 @@ class ServeState:
             return [engine.tokens(t, add_special_tokens) for t in texts]
 
         return engine, await self.in_tokenizer_thread(run)
+
+
+def _serves(engine: Engine) -> str:
+    """What the model serves, for the sentence of an Unsupported error: "fill-mask and
+    embeddings", "text classification and embeddings" or "embeddings"."""
+    heads = [("fill-mask", engine.can_fill_mask), ("text classification", engine.can_classify)]
+    return " and ".join([*(task for task, has in heads if has), "embeddings"])
 
 
 def check_unicode(text: str, where: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,8 +40,11 @@ def build_checkpoint(
     heads: int = 2,
     max_positions: int = 64,
     weight_std: float = 0.3,
+    labels: tuple[str, ...] = (),
 ) -> Path:
-    """Write a seeded BertForMaskedLM + tokenizer into ``directory`` (created).
+    """Write a seeded BertForMaskedLM + tokenizer into ``directory`` (created); with ``labels``,
+    a text classifier over them instead (no MLM head: transformers'
+    BertForSequenceClassification).
 
     Weights are drawn wider than BERT's init (std 0.02) so that predictions are peaked and a
     parity test compares something other than near-uniform distributions.
@@ -53,9 +57,10 @@ def build_checkpoint(
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
         max_position_embeddings=max_positions,
+        labels=labels,
     )
     torch.manual_seed(seed)
-    model = BertForMaskedLM(cfg)
+    model = BertForMaskedLM(cfg, mlm_head=not labels, classifier=bool(labels))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() > 1:
@@ -83,6 +88,14 @@ def serve_config(checkpoint: Path | None, **overrides) -> ServeConfig:
     }
     values.update(overrides)
     return ServeConfig(**values)
+
+
+def error_of(response: Any, status: int, error_type: str) -> str:
+    """Assert ``response`` is ``status`` in the one error shape of ``error_type``; its message."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type, body
+    return body["error"]
 
 
 def asgi_post_scope(path: str, headers: list[tuple[bytes, bytes]] = ()) -> dict:

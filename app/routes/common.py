@@ -8,7 +8,7 @@ from app.schemas import ErrorResponse
 
 _DESCRIPTIONS = {
     400: "The serving model cannot do this (error_type Unsupported): e.g. fill-mask without an "
-    "MLM head; /info says what it can do.",
+    "MLM head, text classification without a classification head; /info says what it can do.",
     401: "Missing or wrong bearer token.",
     404: "Not found (the admin API answers 404 when no admin token is configured).",
     409: "Conflicts with the server's mode.",

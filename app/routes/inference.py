@@ -1,4 +1,4 @@
-"""Inference routes: /fill-mask, /embed (TEI), /v1/embeddings (OpenAI), /tokenize.
+"""Inference routes: /fill-mask, /embed and /predict (TEI), /v1/embeddings (OpenAI), /tokenize.
 
 Each handler validates the body (Pydantic), delegates to ``ServeState`` and answers with the
 version of the model that computed the result in ``X-Model-Version``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.errors import InputValidationError
@@ -21,9 +21,12 @@ from app.schemas import (
     FillMaskResponse,
     OpenAIEmbeddingsRequest,
     OpenAIEmbeddingsResponse,
+    PredictRequest,
+    PredictResponse,
     TokenInfo,
     TokenizeRequest,
     as_list,
+    ranked_predictions,
 )
 from app.service import ServeState, get_state, wait_for_disconnect
 
@@ -71,6 +74,34 @@ async def embed(
         disconnected=lambda: wait_for_disconnect(request),
     )
     return JSONResponse(vectors, headers={VERSION_HEADER: engine.version})
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses={**INFERENCE_ERRORS, **error_responses(400)},
+)
+async def predict(
+    body: PredictRequest,
+    request: Request,
+    response: Response,
+    state: ServeState = Depends(get_state),
+) -> PredictResponse:
+    """Text classification, text-embeddings-inference style: each text's labels with softmax
+    probabilities (logits with raw_scores), best first (400 Unsupported when the model has no
+    classification head)."""
+    texts, single = as_list(body.inputs)
+    engine, ranked = await state.classify(
+        texts,
+        function="none" if body.raw_scores else "softmax",
+        top_k=body.top_k,
+        truncate=body.truncate,
+        direction=body.truncation_direction.lower(),
+        disconnected=lambda: wait_for_disconnect(request),
+    )
+    response.headers[VERSION_HEADER] = engine.version
+    predictions = ranked_predictions(ranked)
+    return predictions[0] if single else predictions
 
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingsResponse, responses=INFERENCE_ERRORS)

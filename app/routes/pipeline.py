@@ -4,11 +4,13 @@ The client sends one body shape per task and expects the shape of transformers' 
 the task is read from the body and checked against what the serving model can do, as
 text-embeddings-inference's root route dispatches by model (see ``PipelineRequest``):
 sentence similarity (``inputs`` is ``{"source_sentence", "sentences"}``), the model's pipeline
-when ``parameters`` is present (fill-mask; text classification is refused with 400), and feature
-extraction otherwise (TEI's ``/embed`` body). ``GET /`` stays the browser page (``app.routes.ui``).
+when ``parameters`` is present (text classification when ``function_to_apply`` asks for it or the
+model is a classifier without MLM head, fill-mask otherwise; each answers 400 Unsupported on a
+model without the head it needs), and feature extraction otherwise (TEI's ``/embed`` body).
+``GET /`` stays the browser page (``app.routes.ui``).
 
 Deliberately not here: any computation (``ServeState`` does it, with the same limits and batching
-as the other routes) and other pipelines (no model served here has a classification head).
+as the other routes) and other pipelines (token classification, sentence pairs).
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from app.errors import InputValidationError, UnsupportedError
+from app.errors import InputValidationError
 from app.middleware import VERSION_HEADER
 from app.routes.common import INFERENCE_ERRORS, error_responses
-from app.schemas import PipelineRequest, PipelineResponse, SimilarityInputs, as_list
+from app.schemas import (
+    PipelineParameters,
+    PipelineRequest,
+    PipelineResponse,
+    SimilarityInputs,
+    as_list,
+    ranked_predictions,
+)
 from app.service import ServeState, get_state, wait_for_disconnect
 
 router = APIRouter(tags=["inference"])
@@ -38,8 +48,9 @@ _EMBED_FIELDS = ("normalize", "truncate", "truncation_direction")
 async def pipeline(
     body: PipelineRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Fill-mask, feature extraction or sentence similarity, chosen by the body's shape and by what
-    the serving model can do; answers in the shape of transformers' pipeline for that task."""
+    """Fill-mask, text classification, feature extraction or sentence similarity, chosen by the
+    body's shape and by what the serving model can do; answers in the shape of transformers'
+    pipeline for that task."""
 
     def disconnected() -> Any:
         return wait_for_disconnect(request)
@@ -59,12 +70,20 @@ async def pipeline(
                 f"{', '.join(given)} apply to feature extraction, which takes no parameters"
             )
         params = body.parameters
-        if params.function_to_apply is not None:
-            raise UnsupportedError(
-                "text classification is not available: the model has no classification head "
-                "(it serves fill-mask and/or embeddings, see /info)"
-            )
         texts, single = as_list(body.inputs)
+        if _asks_for_classification(params, texts, state):
+            engine, ranked = await state.classify(
+                texts,
+                function=params.function_to_apply or "softmax",
+                top_k=params.top_k,
+                disconnected=disconnected,
+            )
+            # One list per input even for one text: the Inference API's shape, which
+            # InferenceClient.text_classification indexes with [0].
+            return JSONResponse(
+                jsonable_encoder(ranked_predictions(ranked)),
+                headers={VERSION_HEADER: engine.version},
+            )
         targets = [params.targets] if isinstance(params.targets, str) else params.targets
         engine, predictions = await state.fill_mask(
             texts,
@@ -88,3 +107,27 @@ async def pipeline(
         disconnected=disconnected,
     )
     return JSONResponse(vectors, headers={VERSION_HEADER: engine.version})
+
+
+def _asks_for_classification(
+    params: PipelineParameters, texts: list[str], state: ServeState
+) -> bool:
+    """Text classification or fill-mask? ``function_to_apply`` is the classifier's parameter and
+    ``targets`` fill-mask's. With neither, InferenceClient's fill_mask and text_classification
+    send the same body, so the serving model decides: a classifier without MLM head classifies,
+    unless a text holds the mask token, which only a fill-mask request has (it then gets
+    fill-mask's 400, not labels in a shape its client would misread)."""
+    if params.function_to_apply is not None:
+        if params.targets is not None:
+            raise InputValidationError(
+                "targets (fill-mask) and function_to_apply (text classification) belong to "
+                "different tasks; send one task's parameters"
+            )
+        return True
+    if params.targets is not None:
+        return False
+    engine = state.engine()
+    if engine.can_fill_mask or not engine.can_classify:
+        return False
+    mask = engine.tokenizer.mask_token
+    return not any(mask in text for text in texts)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from app_testing import asgi_post_scope, build_checkpoint, serve_config
+from app_testing import error_of as _error
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -45,13 +46,6 @@ def hf(checkpoint):
     tok = transformers.AutoTokenizer.from_pretrained(checkpoint)
     model = transformers.BertForMaskedLM.from_pretrained(checkpoint).eval()
     return tok, model
-
-
-def _error(r, status, error_type):
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type, body
-    return body["error"]
 
 
 # --- parity with transformers ------------------------------------------------------------------
@@ -247,7 +241,8 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
     assert info["admin_api"] is False
     client.post("/fill-mask", json={"inputs": TEXTS[0]})
     text = client.get("/metrics").text
-    assert f'bert_model_info{{sha256="{sha}",version="tiny-{sha[:12]}"}} 1.0' in text
+    labels = f'kind="BertForMaskedLM",num_labels="0",sha256="{sha}",version="tiny-{sha[:12]}"'
+    assert f"bert_model_info{{{labels}}} 1.0" in text
     assert 'bert_requests_total{endpoint="/fill-mask",status="200"}' in text
     for name in (
         "bert_request_duration_seconds_bucket",

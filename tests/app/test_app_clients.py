@@ -1,7 +1,8 @@
 """Real clients, unchanged, against a live server (uvicorn on a loopback port): huggingface_hub's
 ``InferenceClient(base_url=...)`` (``POST /``: fill_mask, feature_extraction, sentence_similarity,
-and text_classification refused in the error shape) and openai's ``embeddings.create`` (float and
-base64), against the default checkpoint and a sentence-transformers directory.
+and text_classification: refused in the error shape by a model without classifier, answered by a
+classifier) and openai's ``embeddings.create`` (float and base64), against the default
+checkpoint, a sentence-transformers directory and a tiny seeded classifier.
 
 Expected values come from our own endpoints and from sentence-transformers, never hard-coded:
 ``checkpoints/default`` may be replaced by a newer checkpoint of the same format. The clients
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from app_testing import serve_config
+from app_testing import build_checkpoint, serve_config
 from hf_testing import hf_bert_dir, offline, st_dir
 from ui_browser import live_server
 
@@ -123,3 +124,27 @@ def test_clients_against_a_sentence_transformers_directory(clients, st_model):
         assert refused.value.response.status_code == 400
         assert "no masked-language-model head" in refused.value.response.json()["error"]
         _check_openai(oai, http, np.asarray(expected))
+
+
+def test_text_classification_client_against_a_classifier(clients, tmp_path):
+    labels = ("neg", "pos", "neutral")
+    classifier = build_checkpoint(tmp_path / "clf", seed=3, labels=labels)
+    text = "a good film"
+    with live_server(create_app(serve_config(classifier))) as url:
+        hub, _, http = clients(url)
+        for kwargs, body in (
+            ({}, {}),
+            ({"top_k": 1}, {"top_k": 1}),
+            ({"function_to_apply": "none"}, {"raw_scores": True}),
+        ):
+            expected = http.post("/predict", json={"inputs": text, **body}).json()
+            got = hub.text_classification(text, **kwargs)
+            assert [e.label for e in got] == [p["label"] for p in expected], kwargs
+            np.testing.assert_allclose(
+                [e.score for e in got], [p["score"] for p in expected], atol=1e-6
+            )
+        assert len(hub.text_classification(text)) == len(labels)
+        with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as refused:
+            hub.fill_mask("a [MASK] film")
+        assert refused.value.response.status_code == 400
+        assert "no masked-language-model head" in refused.value.response.json()["error"]

@@ -1,5 +1,6 @@
-"""Hot-swap: checkpoint name resolution, refusal of bad checkpoints, watch mode, and a swap under
-concurrent load with zero failed requests (admin auth: tests/reliability/test_admin_auth.py)."""
+"""Hot-swap: checkpoint name resolution, refusal of bad checkpoints, watch mode, and swaps under
+concurrent load with zero failed requests, between two MLM models and between an MLM model and a
+text classifier (admin auth: tests/reliability/test_admin_auth.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from app_testing import build_checkpoint, serve_config
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 
-from app.engine import FillMaskJob, load_engine
+from app.engine import ClassifyJob, FillMaskJob, load_engine
 from app.main import create_app
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -24,11 +25,12 @@ PROBE = "an entity that has [MASK] existence ."
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """models/{a,b,bad,nan,pickled,link-to-b}, plus a valid checkpoint outside the root."""
+    """models/{a,b,clf,bad,nan,pickled,link-to-b}, plus a valid checkpoint outside the root."""
     base = tmp_path_factory.mktemp("reload")
     models = base / "models"
     a = build_checkpoint(models / "a", seed=1)
     build_checkpoint(models / "b", seed=2)
+    build_checkpoint(models / "clf", seed=4, labels=("neg", "pos", "neutral"))
     bad = models / "bad"
     shutil.copytree(a, bad)
     data = (bad / "model.safetensors").read_bytes()
@@ -167,6 +169,79 @@ def test_hot_swap_under_concurrent_load(root, expected):
         assert versions == set(expected)  # both models answered during the run
         for version, token in seen:
             assert token == expected[version], version  # the header names the computing model
+
+
+def test_classifier_hot_swaps_in_and_out_under_load(root):
+    """Clients hammer /predict, /fill-mask and /embed while the server swaps a -> clf -> a: no 5xx
+    and no connection error. /predict answers 200 (the classifier's answer) while the
+    classifier serves and 400 Unsupported while the MLM model does; /fill-mask the other way
+    round; /embed always. Each phase lasts until the model it swapped in has answered its route."""
+    models, _ = root
+    clf = load_engine(models / "clf", max_input_tokens=64)
+    job = ClassifyJob(inputs=clf.encode_many([PROBE], truncate=False))
+    logits = clf.run_batch([job])[0][0]
+    best = clf.capabilities.labels[logits.index(max(logits))]  # the classifier's answer to PROBE
+    routes = [
+        ("/predict", {"inputs": [PROBE, "a general concept"]}),
+        ("/fill-mask", {"inputs": PROBE, "top_k": 1}),
+        ("/embed", {"inputs": ["a general concept", PROBE]}),
+    ]
+    with TestClient(create_app(_config(root, max_wait_ms=1))) as client:
+        v_a = _version(client)
+        stop = threading.Event()
+        failures: list[str] = []
+        seen: list[tuple[str, int, str, object]] = []  # (path, status, version header, body)
+
+        def hammer(i: int) -> None:
+            path, body = routes[i % len(routes)]
+            while not stop.is_set():
+                try:
+                    r = client.post(path, json=body)
+                except Exception as e:  # a connection-level failure
+                    failures.append(f"{path} raised {e!r}")
+                    continue
+                if r.status_code >= 500 or r.status_code not in (200, 400):
+                    failures.append(f"{path} {r.status_code} {r.text[:100]}")
+                    continue
+                seen.append((path, r.status_code, r.headers["x-model-version"], r.json()))
+
+        def count(path: str, status: int, version: str) -> int:
+            return sum(1 for p, s, v, _ in seen if (p, s, v) == (path, status, version))
+
+        # Per swap, the answers that prove the new model serves: (path, status) pairs.
+        phases = {
+            "clf": [("/predict", 200)],
+            "a": [("/fill-mask", 200), ("/predict", 400)],
+        }
+        with ThreadPoolExecutor(6) as pool:
+            workers = [pool.submit(hammer, i) for i in range(6)]
+            for name, proofs in phases.items():
+                r = _reload(client, name)
+                assert r.status_code == 200, r.text
+                version = r.json()["model"]
+                before = [count(path, status, version) for path, status in proofs]
+                deadline = time.monotonic() + 20
+                while not failures and any(
+                    count(path, status, version) == n
+                    for (path, status), n in zip(proofs, before, strict=True)
+                ):
+                    assert time.monotonic() < deadline, f"{name} never gave {proofs}"
+                    time.sleep(0.01)
+            stop.set()
+            for w in workers:
+                w.result()
+        assert not failures, failures[:5]
+        v_clf = clf.version
+        for path, status, version, body in seen:
+            if status == 200 and path == "/predict":  # only the classifier classifies
+                assert version == v_clf and body[0][0]["label"] == best
+            elif status == 200 and path == "/fill-mask":
+                assert version == v_a == body["model"]
+            elif status == 400:  # the refusal names the model that refused
+                assert body["error_type"] == "Unsupported", body
+                refuser = v_a if path == "/predict" else v_clf
+                assert path != "/embed" and refuser in body["error"], (path, body)
+        assert any(p == "/embed" and s == 200 for p, s, _, _ in seen)
 
 
 def test_watch_mode_follows_the_current_pointer(root, expected):

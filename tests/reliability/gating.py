@@ -1,4 +1,5 @@
-"""In-process helpers for the reliability suite: a gate on the model and the error-shape check.
+"""In-process helpers for the reliability suite: a gate on the model and request tallies (the
+error-shape check, ``error_of``, is in tests/app_testing.py, shared with tests/app/).
 
 ``ModelGate`` replaces one ``Engine``'s ``run_batch`` (the function the model thread runs) with
 one that records what the model was asked to compute and blocks until the test opens the gate,
@@ -60,14 +61,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.002)
-
-
-def error_of(response: Any, status: int, error_type: str) -> str:
-    """Assert ``response`` is ``status`` in the one error shape of ``error_type``; its message."""
-    assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()
-    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type, body
-    return body["error"]
 
 
 def tally(sent: int, responses: list[Any], rejected: set[int]) -> dict[str, int]:

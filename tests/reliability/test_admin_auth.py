@@ -23,9 +23,9 @@ import secrets
 
 import httpx
 import pytest
-from app_testing import build_checkpoint, serve_config
+from app_testing import build_checkpoint, error_of, serve_config
 from fastapi.testclient import TestClient
-from gating import error_of, tally
+from gating import tally
 from helpers import ServeProcess
 
 from app.main import create_app

@@ -20,9 +20,9 @@ import collections
 
 import httpx
 import numpy as np
-from app_testing import build_checkpoint, serve_config
+from app_testing import build_checkpoint, error_of, serve_config
 from fastapi.testclient import TestClient
-from gating import ModelGate, error_of
+from gating import ModelGate
 from helpers import metric_value
 
 from app.main import create_app

@@ -17,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_testing import build_checkpoint, serve_config
+from app_testing import build_checkpoint, error_of, serve_config
 from fastapi.testclient import TestClient
-from gating import ModelGate, error_of, tally, wait_until
+from gating import ModelGate, tally, wait_until
 from helpers import metric_value
 
 from app.main import create_app

@@ -1,15 +1,18 @@
 """Schema fuzzing: schemathesis over every operation of the OpenAPI schema, positive and negative.
 
-The app runs in-process (``schemathesis.openapi.from_asgi``) on a tiny seeded checkpoint. Every
-operation gets schemathesis' positive cases (data the schema allows) and negative cases (data it
-forbids), and every response must: not be a 5xx, carry a status code the schema documents for
-that operation, match the documented response schema and content type, reject negative data with
-a 4xx, and (errors) be exactly ``{"error", "error_type"}``. Half of the positive fill-mask cases
-get a ``[MASK]`` appended so that the computing path (200) is fuzzed too, not only validation;
-half of the admin cases carry the admin token so that the body is fuzzed past authentication.
+The app runs in-process (``schemathesis.openapi.from_asgi``) on a tiny seeded MLM checkpoint.
+Every operation gets schemathesis' positive cases (data the schema allows) and negative cases
+(data it forbids), and every response must: not be a 5xx, carry a status code the schema
+documents for that operation, match the documented response schema and content type, reject
+negative data with a 4xx, and (errors) be exactly ``{"error", "error_type"}``. Half of the
+positive fill-mask cases get a ``[MASK]`` appended so that the computing path (200) is fuzzed
+too, not only validation; half of the admin cases carry the admin token so that the body is
+fuzzed past authentication. ``/predict`` needs a classifier, which the MLM model is not (400
+Unsupported), so a second, smaller run fuzzes the classification routes (``/predict``, ``POST /``)
+on a tiny seeded classifier, whose ``/fill-mask`` answers 400 in turn.
 
-The default-suite run sends >= 1000 cases, derandomized so that it never flakes; the ``long``
-run sends 4x more with a fresh random seed each time.
+The default-suite run sends >= 1000 cases (and >= 300 to the classifier), derandomized so that it
+never flakes; the ``long`` run sends 4x more with a fresh random seed each time.
 
 Deliberately not here: overload, deadlines and body-size limits (their own tests pin exact
 counts; a fuzzer cannot), and stateful (link-following) testing: the API has no resource links.
@@ -50,7 +53,12 @@ CHECKS = [
 ]
 # Operations without parameters or body: there is no negative data to generate for them.
 _NO_INPUT = {"/health", "/live", "/info", "/metrics"}
-_INFERENCE = ("/fill-mask", "/embed", "/v1/embeddings", "/tokenize")
+_INFERENCE = ("/fill-mask", "/embed", "/predict", "/v1/embeddings", "/tokenize")
+# What each model cannot do: those routes may also answer 400 Unsupported.
+_MLM_LACKS = frozenset({"/predict"})
+_CLASSIFIER_LACKS = frozenset({"/fill-mask"})
+# The classifier run: the routes that classify (and fill-mask, which it refuses).
+_CLASSIFIER_PATHS = frozenset({"/predict", "/", "/fill-mask"})
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +87,41 @@ def schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
         schemathesis_asgi.shutdown_lifespans()
 
 
-def _contract(ctx, response, case) -> bool | None:
-    """Beyond the schema: every error is exactly the one error shape, and an inference route
-    (ample queue, small bodies) answers only 200 or a 422 validation error."""
-    if response.status_code >= 400:
-        body = response.json()
-        assert isinstance(body, dict) and set(body) == {"error", "error_type"}, body
-        assert body["error"] and body["error_type"], body
-    if case.operation.path in _INFERENCE:
-        assert response.status_code in (200, 422), response.status_code
-        if response.status_code == 422:
-            assert response.json()["error_type"] == "Validation"
-    if case.operation.path == "/":  # the Inference API route: also 400 for text classification
-        assert response.status_code in (200, 400, 422), response.status_code
-        if response.status_code == 400:
-            assert response.json()["error_type"] == "Unsupported"
-    return None
+@pytest.fixture(scope="module")
+def classifier_schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
+    models = tmp_path_factory.mktemp("fuzz-classifier")
+    build_checkpoint(models / "clf", seed=5, labels=("neg", "pos", "neutral"))
+    config = serve_config(models / "clf", max_queue=10_000, max_body_bytes=256_000_000)
+    loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
+    try:
+        yield loaded
+    finally:
+        schemathesis_asgi.shutdown_lifespans()
+
+
+def _contract_for(lacks: frozenset[str]):
+    """The contract beyond the schema, for a model that cannot serve the routes in ``lacks``."""
+
+    def contract(ctx, response, case) -> bool | None:
+        """Every error is exactly the one error shape; an inference route (ample queue, small
+        bodies) answers only 200 or a 422 validation error, or 400 Unsupported where the model
+        lacks the head it needs (always possible on the Inference API route, which picks the
+        task from the body)."""
+        if response.status_code >= 400:
+            body = response.json()
+            assert isinstance(body, dict) and set(body) == {"error", "error_type"}, body
+            assert body["error"] and body["error_type"], body
+        path = case.operation.path
+        if path in _INFERENCE or path == "/":
+            allowed = (200, 400, 422) if path in lacks or path == "/" else (200, 422)
+            assert response.status_code in allowed, response.status_code
+            if response.status_code == 422:
+                assert response.json()["error_type"] == "Validation"
+            if response.status_code == 400:
+                assert response.json()["error_type"] == "Unsupported"
+        return None
+
+    return contract
 
 
 def _steer(case, add_mask: bool):
@@ -109,7 +136,12 @@ def _steer(case, add_mask: bool):
 
 
 def _fuzz_operation(
-    operation, mode: GenerationMode, cases: int, derandomize: bool, seen: collections.Counter
+    operation,
+    mode: GenerationMode,
+    cases: int,
+    derandomize: bool,
+    seen: collections.Counter,
+    contract,
 ) -> None:
     """Send up to ``cases`` cases of one operation in one mode; count them in ``seen``."""
     path = operation.path
@@ -137,21 +169,31 @@ def _fuzz_operation(
         response = case.call(headers=headers)
         seen[(mode.value, path, response.status_code)] += 1
         case.validate_response(
-            response, checks=CHECKS, additional_checks=[_contract], headers=headers
+            response, checks=CHECKS, additional_checks=[contract], headers=headers
         )
 
     run()
 
 
-def _fuzz(schema, cases_per_mode: int, derandomize: bool) -> collections.Counter:
-    """Every operation in both modes; case counts by (mode, path, status), and "attempted"."""
+def _fuzz(
+    schema,
+    cases_per_mode: int,
+    derandomize: bool,
+    lacks: frozenset[str] = _MLM_LACKS,
+    paths: frozenset[str] | None = None,
+) -> collections.Counter:
+    """Every operation (or those of ``paths``) in both modes; case counts by (mode, path,
+    status), and "attempted"."""
     seen: collections.Counter = collections.Counter()
+    contract = _contract_for(lacks)
     for result in schema.get_all_operations():
         operation = result.ok()
+        if paths is not None and operation.path not in paths:
+            continue
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if mode is GenerationMode.NEGATIVE and operation.path in _NO_INPUT:
                 continue  # nothing to corrupt: no parameters and no body
-            _fuzz_operation(operation, mode, cases_per_mode, derandomize, seen)
+            _fuzz_operation(operation, mode, cases_per_mode, derandomize, seen, contract)
     return seen
 
 
@@ -186,12 +228,31 @@ def test_schema_fuzz_no_5xx_and_schema_conformant(schema, figures):
     answered = _record(figures, seen)
     assert answered == seen["attempted"] >= 1000
     assert all(status < 500 for (_, _, status) in _answered(seen))
-    # The fuzz reached both the computing path and validation on every inference route.
+    # The fuzz reached both the computing path and validation on every inference route (the
+    # refusal, on the route that needs a classifier).
     for path in (*_INFERENCE, "/"):
-        assert seen[("positive", path, 200)] > 0, path
+        assert seen[("positive", path, 400 if path in _MLM_LACKS else 200)] > 0, path
         assert seen[("negative", path, 422)] > 0, path
     statuses = {s for (_, p, s) in _answered(seen) if p == "/admin/reload"}
     assert 401 in statuses and statuses & {404, 422}  # without and past authentication
+
+
+@pytest.mark.slow  # the main fuzz covers /predict's refusal; this serves a classifier
+def test_schema_fuzz_of_a_classifier(classifier_schema, figures):
+    seen = _fuzz(
+        classifier_schema,
+        cases_per_mode=60,
+        derandomize=True,
+        lacks=_CLASSIFIER_LACKS,
+        paths=_CLASSIFIER_PATHS,
+    )
+    answered = _record(figures, seen)
+    assert answered == seen["attempted"] >= 300
+    assert all(status < 500 for (_, _, status) in _answered(seen))
+    for path in ("/predict", "/"):  # classification computed, and validated
+        assert seen[("positive", path, 200)] > 0, path
+        assert seen[("negative", path, 422)] > 0, path
+    assert seen[("positive", "/fill-mask", 400)] > 0  # no MLM head: refused
 
 
 @pytest.mark.long

@@ -3,7 +3,7 @@
 Per request: inputs (``max_client_batch``), tokens per input (the configured ``max_input_tokens``
 or the model's position embeddings, whichever is smaller), ``top_k`` (``max_top_k``) and
 fill-mask targets (``max_targets``); ``truncate: true`` serves any length and cuts exactly at the
-limit. Bodies: exactly ``max_body_bytes`` is read, one byte more is 413, by Content-Length and by
+limit. The same for ``/predict`` on a classifier. Bodies: exactly ``max_body_bytes`` is read, one byte more is 413, by Content-Length and by
 counting a chunked stream, and the server stops reading an endless body as soon as it passes the
 limit (it never buffers it whole).
 
@@ -17,9 +17,9 @@ import json
 
 import numpy as np
 import pytest
-from app_testing import asgi_post_scope, build_checkpoint, serve_config
+from app_testing import asgi_post_scope, build_checkpoint, error_of, serve_config
 from fastapi.testclient import TestClient
-from gating import Recorder, error_of, tally
+from gating import Recorder, tally
 from helpers import metric_value
 
 from app.main import create_app
@@ -35,6 +35,16 @@ MODEL_POSITIONS = 64
 def checkpoint(tmp_path_factory):
     return build_checkpoint(
         tmp_path_factory.mktemp("limits") / "tiny", seed=11, max_positions=MODEL_POSITIONS
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    return build_checkpoint(
+        tmp_path_factory.mktemp("limits-classifier") / "clf",
+        seed=11,
+        max_positions=MODEL_POSITIONS,
+        labels=("a", "b", "c"),
     )
 
 
@@ -97,6 +107,33 @@ def test_tokens_per_input_at_the_limit(checkpoint, configured, limit, figures):
         assert [c["token"] for c in got] == [c["token"] for c in want]
         np.testing.assert_allclose([c["score"] for c in got], [c["score"] for c in want], atol=1e-6)
     figures.record(**rec.tally(rejected={422}), limit_tokens=limit)
+
+
+@pytest.mark.parametrize(("configured", "limit"), [(40, 40), (500, MODEL_POSITIONS)])
+def test_predict_at_the_limits(classifier, configured, limit, figures):
+    n = MAX_CLIENT_BATCH
+    with _client(classifier, configured) as client:
+        rec = Recorder(client)
+        at, over = (_with_tokens(client, k, mask=False) for k in (limit, limit + 1))
+        ok = rec.post("/predict", json={"inputs": at, "raw_scores": True})
+        assert ok.status_code == 200, ok.text
+        msg = error_of(rec.post("/predict", json={"inputs": over}), 422, "Validation")
+        assert f"{limit + 1} tokens" in msg and f"limit of {limit}" in msg
+        # Cut to the limit, any longer text is the same token sequence as `at`: the same logits.
+        way_over = _with_tokens(client, 3 * limit, mask=False)
+        body = {"inputs": [over, way_over], "truncate": True, "raw_scores": True}
+        cut = rec.post("/predict", json=body)
+        assert cut.status_code == 200, cut.text
+        want = {p["label"]: p["score"] for p in ok.json()}
+        for ranking in cut.json():
+            got = {p["label"]: p["score"] for p in ranking}
+            assert got.keys() == want.keys()
+            np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-5)
+        r = rec.post("/predict", json={"inputs": ["x y"] * n})
+        assert r.status_code == 200 and len(r.json()) == n, r.text
+        msg = error_of(rec.post("/predict", json={"inputs": ["x y"] * (n + 1)}), 422, "Validation")
+        assert f"{n + 1} inputs" in msg and f"limit is {n}" in msg
+    figures.record(**rec.tally(rejected={422}), limit_tokens=limit, max_client_batch=n)
 
 
 def test_inputs_top_k_and_targets_at_the_limit(checkpoint, figures):
