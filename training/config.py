@@ -62,7 +62,7 @@ class TrainConfig:
     mask_token_prob: float = 0.8  # of the chosen tokens: 80% [MASK]
     random_token_prob: float = 0.1  # 10% a random token, the remaining 10% left unchanged
     whole_word_masking: bool = False  # mask all `##` pieces of a word together
-    # --- objectives: step loss = mlm_weight * MLM + contrastive_weight * InfoNCE ---
+    # --- objectives: step loss = mlm_weight * MLM + sop_weight * SOP + contrastive_weight * NCE ---
     mlm_weight: float = 1.0  # 0 = a contrastive-only stage (fill-mask is then left to drift)
     contrastive_weight: float = 0.0  # 0 = off: plain MLM, bit for bit as without these keys
     contrastive_data: Literal["pairs", "simcse", "both"] = "pairs"  # see training/contrastive.py
@@ -71,6 +71,9 @@ class TrainConfig:
     contrastive_symmetric: bool = True  # also match b -> a (CLIP-style); False = a -> b only
     temperature: float = 0.05  # SimCSE's value
     pooling: Literal["mean", "cls"] = "mean"  # recorded in config.json for servers and evals
+    # Sentence pairs through BERT's NSP head (training/sentence_order.py): 0 = off.
+    sop_weight: float = 0.0  # step loss += sop_weight * sentence-pair cross-entropy
+    sentence_objective: Literal["sop", "nsp"] = "sop"  # ALBERT's order, or BERT's random next
     init_from: str | None = None  # checkpoint dir: its weights and tokenizer, a fresh optimizer
     # --- optimisation ---
     batch_size: int = 64  # sequences per micro-batch per process
@@ -147,6 +150,13 @@ class TrainConfig:
         for name in ("mlm_weight", "contrastive_weight"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        _check(math.isfinite(self.sop_weight) and self.sop_weight >= 0, "sop_weight",
+               self.sop_weight, "a finite number >= 0")  # fmt: skip
+        if self.sop_weight > 0 and (not self.packing or self.mlm_weight == 0):
+            raise TrainConfigError(
+                "train.sop_weight > 0 needs packed rows (packing: true) and the MLM objective "
+                "(mlm_weight > 0): sentence pairs are cut from the packed MLM rows"
+            )
         if self.mlm_weight == 0 and self.contrastive_weight == 0:
             raise TrainConfigError(
                 "train.mlm_weight=0 and train.contrastive_weight=0 leave nothing to train: "

@@ -52,11 +52,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 
+from training.batches import MLMBatches
 from training.checkpointing import CheckpointManager, assert_finite_weights, init_weights_from
 from training.config import TrainConfig, TrainConfigError
 from training.contrastive import (
@@ -79,19 +80,17 @@ from training.distributed import (
     set_rng_state,
 )
 from training.evaluate import evaluate_mlm
-from training.masking import MaskingSpec, mask_batch
 from training.metrics import MetricsLogger, RunLog, StepStats
 from training.pairs import RetrievalSet
 from training.schedule import LRSchedule
 
-__all__ = ["NonFiniteLossError", "StepStats", "TrainResult", "Trainer", "masking_spec"]
+__all__ = ["NonFiniteLossError", "StepStats", "TrainResult", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "training_config.yaml"
 STATE_FORMAT = 1
-_MASK_STREAM = 0x4D41534B  # "MASK": keeps mask seeds apart from any other use of the run seed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,18 +110,6 @@ class TrainResult:
     valid: dict[str, float] | None  # metrics of the last evaluation
     tokens_per_s: float  # training throughput of this session, all processes together
     train_time_s: float
-
-
-def masking_spec(tokenizer: Any, cfg: TrainConfig) -> MaskingSpec:
-    return MaskingSpec.from_vocab(
-        tokenizer.vocab,
-        tokenizer.special_ids,
-        tokenizer.mask_token_id,
-        mlm_probability=cfg.mlm_probability,
-        mask_token_prob=cfg.mask_token_prob,
-        random_token_prob=cfg.random_token_prob,
-        whole_word=cfg.whole_word_masking,
-    )
 
 
 class Trainer:
@@ -156,11 +143,11 @@ class Trainer:
         self.model_config = model_config
         self.provenance = provenance or {}
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.spec = masking_spec(tokenizer, cfg)
         self.autocast = autocast_for(self.precision, self.device)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = BertForMaskedLM(model_config).to(self.device)
+        # A sentence-pair objective trains BERT's NSP head (pooler + cls.seq_relationship).
+        self.model = BertForMaskedLM(model_config, nsp_head=cfg.sop_weight > 0).to(self.device)
         if cfg.init_from is not None:  # a later stage: these weights, a fresh optimizer
             init_weights_from(self.model, Path(cfg.init_from), self.device)
         self.model.train()
@@ -185,6 +172,7 @@ class Trainer:
             shape=cfg.lr_schedule,
         )
         self.order = RowOrder(len(train_data), cfg.seed)
+        self.batches = MLMBatches(train_data, self.order, tokenizer, cfg, self.device)
         self.manager = CheckpointManager(self.output_dir, cfg.keep_last, writer=self.info.is_main)
         self.step = 0
         self.cursor = 0  # rows consumed by the whole run (all ranks): the data position
@@ -263,7 +251,9 @@ class Trainer:
         """Restore weights, optimizer, scheduler, scaler, position and RNG from a checkpoint."""
         from model import BertForMaskedLM
 
-        loaded = BertForMaskedLM.from_pretrained(checkpoint, map_location=self.device)
+        loaded = BertForMaskedLM.from_pretrained(
+            checkpoint, map_location=self.device, nsp_head=self.model.nsp_head is not None
+        )
         self.model.load_state_dict(loaded.state_dict())
         del loaded
         state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
@@ -301,7 +291,7 @@ class Trainer:
             metrics = evaluate_mlm(
                 self.model,
                 self.valid_data,
-                self.spec,
+                self.batches.spec,
                 batch_size=self.cfg.eval_batch_size,
                 max_rows=self.cfg.eval_max_sequences,
                 seed=self.cfg.eval_seed,
@@ -346,22 +336,6 @@ class Trainer:
         return None if mrr is None else 1.0 - mrr
 
     # -- one micro-batch --------------------------------------------------------------------------
-    def micro_batch(self, start: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Masked inputs and labels of the `batch_size` rows at global position `start`."""
-        rows = self.order.rows(start, self.cfg.batch_size)
-        ids, attn = self.train_data.rows(rows)
-        # Seeded by the position: a new mask each time a row comes round again (its position
-        # differs), the same mask after a resume.
-        rng = np.random.default_rng([self.cfg.seed, _MASK_STREAM, start])
-        inp, labels = mask_batch(ids, self.spec, rng, attn)
-        dev = self.device
-        attention = None if attn is None else torch.from_numpy(attn).to(dev, non_blocking=True)
-        return (
-            torch.from_numpy(inp).to(dev, non_blocking=True),
-            attention,
-            torch.from_numpy(labels).to(dev, non_blocking=True),
-        )
-
     def contrastive_batch(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Contrastive ids and attention mask (2B, T) of micro-batch `slot` of this step."""
         assert self.contrastive is not None
@@ -413,21 +387,27 @@ class Trainer:
             slot = j * info.world_size + info.rank
             last = j == accum - 1
             if mlm_on:
-                input_ids, attention, labels = self.micro_batch(self.cursor + slot * B)
-                pmask = labels.ne(-100)
+                mb = self.batches.batch(self.cursor + slot * B)
+                labels, pmask = mb.labels, mb.labels.ne(-100)
                 with sync_if(last and not nce_on):
                     with self.autocast:
                         out = step_model(
-                            input_ids,
-                            attention_mask=attention,
+                            mb.input_ids,
+                            attention_mask=mb.attention_mask,
+                            token_type_ids=mb.token_type_ids,
                             labels=labels,
                             prediction_mask=pmask,
                         )
-                    loss = out.loss * cfg.mlm_weight / accum  # x * 1.0 is exact: weight 1 = MLM
+                    loss = out.loss * cfg.mlm_weight  # x * 1.0 is exact: weight 1 = MLM
+                    if mb.sentence_labels is not None:  # SOP / NSP through the NSP head
+                        pair = F.cross_entropy(out.nsp_logits.float(), mb.sentence_labels)
+                        loss = loss + cfg.sop_weight * pair
+                    loss = loss / accum
                     self.scaler.scale(loss).backward()
                 step_loss += loss.detach().float()
                 parts[0] += out.loss.detach().float() / accum
-                step_tokens += input_ids.numel() if attention is None else int(attention.sum())
+                attention = mb.attention_mask
+                step_tokens += labels.numel() if attention is None else int(attention.sum())
                 if want_accuracy and last:
                     with torch.no_grad():
                         train_acc = (out.logits.argmax(-1) == labels[pmask]).float().mean().item()
