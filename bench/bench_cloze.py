@@ -67,6 +67,13 @@ def cpu_flags() -> str:
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 
 
+def save_results(path: Path, results: dict[str, Any]) -> None:
+    """Write a benchmark's results as indented JSON and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {path}")
+
+
 def parse_checkpoints(values: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for v in values:

@@ -19,6 +19,8 @@ BENCHES = (
     "bench_cloze",
     "bench_embed",
     "bench_ui",
+    "bench_finetune",
+    "bench_sop",
 )
 # Every benchmark but the tokenizer's has a short variant.
 QUICK_CAPABLE = set(BENCHES) - {"bench_tokenizer"}
