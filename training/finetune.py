@@ -165,14 +165,17 @@ class FineTuner:
         self.train_time_s = 0.0
         self.best: dict[str, Any] | None = None
         self.last_valid: dict[str, Any] | None = None
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its row permutation)
 
     # -- data -------------------------------------------------------------------------------------
     def batch_rows(self, step: int) -> np.ndarray:
         """Rows of optimizer step `step`: a slice of its epoch's seeded permutation (the last
         batch of an epoch may be short), so the data position is a function of the step."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng(self.cfg.seed + epoch).permutation(len(self.train_data))
-        return order[k * self.cfg.batch_size : (k + 1) * self.cfg.batch_size]
+        if self._order is None or self._order[0] != epoch:  # one permutation per epoch, not step
+            perm = np.random.default_rng(self.cfg.seed + epoch).permutation(len(self.train_data))
+            self._order = (epoch, perm)
+        return self._order[1][k * self.cfg.batch_size : (k + 1) * self.cfg.batch_size]
 
     # -- one step -----------------------------------------------------------------------------------
     def train_step(self, elapsed: float) -> StepStats:
