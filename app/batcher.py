@@ -7,8 +7,8 @@ Three parts, after Ray Serve's ``serve/batching.py`` and TEI's ``queue.rs``:
 * ``BatchQueue``: ``submit`` never blocks (``OverloadedError`` when full); ``wait`` awaits the
   result while honouring the queue deadline and client disconnects; ``start``/``stop``.
 * The worker loop: take the first waiting request, then keep adding requests until the batch
-  has ``max_batch_size`` inputs, or its padded cost (longest input x inputs) would exceed
-  ``max_batch_tokens``, or ``max_wait_s`` has passed since the first one was taken. A request that
+  has ``max_batch_size`` inputs, or its cost (``CostModel.work``, the engine's price list)
+  would exceed ``max_batch_tokens``, or ``max_wait_s`` has passed since the first one was taken. A request that
   does not fit (or belongs to another group) goes back to the front. Cancelled and expired
   requests are skipped before compute. The batch is handed to ``run_batch`` (an async callable;
   the app's runs the model in its dedicated thread); its results are fanned out one per future,
@@ -18,7 +18,8 @@ Three parts, after Ray Serve's ``serve/batching.py`` and TEI's ``queue.rs``:
   ``stalled_for`` tells readiness; the worker waits for the forward pass to return (a thread
   cannot be interrupted), logs the recovery and takes the next batch.
 
-``plan_chunks`` splits a batch sorted by length into forward passes so that padding is cut.
+``plan_chunks`` splits a batch sorted by length into forward passes of least total cost, by the
+same ``CostModel`` the batcher admits with.
 
 Deliberately not here: tokenization, torch, HTTP. A request is never split across batches, so
 all its inputs are computed by the same model; the first request of a batch is always taken
@@ -61,6 +62,8 @@ class Pending:
     deadline: float | None = None  # time.monotonic() after which it may not start
     enqueued_at: float = field(default_factory=time.monotonic)
     started: bool = False  # set when its batch starts computing; then it is never dropped
+    started_at: float | None = None  # time.monotonic() when its batch started computing
+    finished_at: float | None = None  # ... and when that batch returned
 
     @property
     def n_inputs(self) -> int:
@@ -71,28 +74,48 @@ class Pending:
         return max(self.lengths, default=0)
 
 
-def padded_cost(batch: Sequence[Pending]) -> int:
-    """Tokens a batch costs when padded to its longest input: ``max_len x n_inputs``."""
-    n = sum(p.n_inputs for p in batch)
-    return max((p.max_len for p in batch), default=0) * n
+@dataclass(frozen=True)
+class CostModel:
+    """What a forward pass costs, in token-equivalents (one token's linear work is 1).
+
+    One price list for two decisions: the batcher admits requests while a batch's ``work`` stays
+    within ``max_batch_tokens``, and ``plan_chunks`` splits a batch into passes of least total
+    ``pass_cost``. The engine gives the numbers of the model it runs (``Engine.cost_model``);
+    the default prices a model that computes every padded position.
+
+    * ``padded``: padding costs like real tokens (True) or nothing (a model that drops padding
+      before its token-wise work, as ours does; then only attention pays for it).
+    * ``attention``: the cost of one query-key pair of the padded (n, T, T) score matrices.
+    * ``overhead``: the fixed cost of one pass (Python dispatch, kernel launches, streaming every
+      weight matrix from memory), which small passes cannot amortise.
+    """
+
+    overhead: float = 64.0
+    attention: float = 0.0
+    padded: bool = True
+
+    def work(self, n: int, max_len: int, real_tokens: int) -> float:
+        """The size-dependent cost of one pass over ``n`` inputs padded to ``max_len``."""
+        tokens = n * max_len if self.padded else real_tokens
+        return tokens + self.attention * n * max_len * max_len
+
+    def pass_cost(self, n: int, max_len: int, real_tokens: int) -> float:
+        return self.overhead + self.work(n, max_len, real_tokens)
 
 
-def padded_chunk_cost(n: int, max_len: int) -> float:
-    """Cost of a forward pass over ``n`` inputs padded to ``max_len``: padded tokens."""
-    return n * max_len
+def batch_work(batch: Sequence[Pending], cost: CostModel) -> float:
+    """The work of a batch computed as one pass: what ``max_batch_tokens`` bounds."""
+    lengths = [n for p in batch for n in p.lengths]
+    return cost.work(len(lengths), max(lengths, default=0), sum(lengths))
 
 
 def plan_chunks(
-    sorted_lengths: Sequence[int],
-    overhead_tokens: float = 64,
-    chunk_cost: Callable[[int, int], float] = padded_chunk_cost,
+    sorted_lengths: Sequence[int], cost: CostModel = CostModel()
 ) -> list[tuple[int, int]]:
-    """Split lengths sorted ascending into [start, end) chunks of minimal total cost.
+    """Split lengths sorted ascending into [start, end) chunks of minimal total ``pass_cost``.
 
-    A chunk of ``n`` inputs padded to its last (longest) length ``t`` costs
-    ``overhead_tokens + chunk_cost(n, t)``: the fixed cost of a forward pass (Python, kernel
-    launches, streaming the weights), in token-equivalents, plus the size-dependent part (by
-    default all padded tokens). Exact dynamic programming, O(n^2) for a batch's few dozen inputs.
+    A chunk is padded to its last (longest) length. Exact dynamic programming, O(n^2) for a
+    batch's few dozen inputs.
 
     >>> plan_chunks([5, 5, 6, 100])  # one long outlier gets its own pass
     [(0, 3), (3, 4)]
@@ -104,13 +127,16 @@ def plan_chunks(
         return []
     if any(a > b for a, b in itertools.pairwise(sorted_lengths)):
         raise ValueError(f"lengths must be sorted ascending, got {list(sorted_lengths)}")
+    prefix = [0, *itertools.accumulate(sorted_lengths)]  # real tokens of the first i inputs
     best: list[float] = [0.0] + [float("inf")] * n  # best[i]: minimal cost of the first i
     cut: list[int] = [0] * (n + 1)
     for end in range(1, n + 1):
+        longest = sorted_lengths[end - 1]
         for start in range(end):
-            cost = best[start] + overhead_tokens + chunk_cost(end - start, sorted_lengths[end - 1])
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
+            real = prefix[end] - prefix[start]
+            total = best[start] + cost.pass_cost(end - start, longest, real)
+            if total < best[end]:
+                best[end], cut[end] = total, start
     chunks = []
     end = n
     while end > 0:
@@ -135,6 +161,7 @@ class BatchQueue:
         max_queue: int = 256,
         compute_timeout_s: float | None = None,
         metrics: ServeMetrics | None = None,
+        cost_of: Callable[[Hashable], CostModel] | None = None,
     ) -> None:
         if (
             max_batch_size < 1
@@ -155,6 +182,8 @@ class BatchQueue:
         self.max_queue = max_queue
         self.compute_timeout_s = compute_timeout_s
         self.metrics = metrics
+        # The price list of the engine a group of requests runs on (the same as its planner's).
+        self._cost_of = cost_of or (lambda group: CostModel())
         self._queue: deque[Pending] = deque()
         self._not_empty = asyncio.Event()
         self._idle = asyncio.Event()  # no batch computing
@@ -338,7 +367,8 @@ class BatchQueue:
         return out
 
     async def _gather(self, first: Pending, batch: list[Pending]) -> list[Pending]:
-        n, max_len = first.n_inputs, first.max_len
+        n, max_len, real = first.n_inputs, first.max_len, sum(first.lengths)
+        cost = self._cost_of(first.group)
         wait_until = time.monotonic() + self.max_wait_s
         while n < self.max_batch_size:
             if not self._queue:
@@ -355,24 +385,28 @@ class BatchQueue:
             if self._skip(p, time.monotonic()):
                 self._update_queue_gauge()
                 continue
-            new_n = n + p.n_inputs
+            new_n, new_max, new_real = (
+                n + p.n_inputs,
+                max(max_len, p.max_len),
+                real + sum(p.lengths),
+            )
             if (
                 p.group is not first.group
                 or new_n > self.max_batch_size
-                or max(max_len, p.max_len) * new_n > self.max_batch_tokens
+                or cost.work(new_n, new_max, new_real) > self.max_batch_tokens
             ):
                 self._queue.appendleft(p)  # does not fit: first in line for the next batch
                 break
             self._update_queue_gauge()
             batch.append(p)
-            n, max_len = new_n, max(max_len, p.max_len)
+            n, max_len, real = new_n, new_max, new_real
         # Callers may have gone away while we waited for company.
         return [p for p in batch if not p.future.done()]
 
     async def _execute(self, batch: list[Pending]) -> None:
         start = time.monotonic()
         for p in batch:
-            p.started = True
+            p.started, p.started_at = True, start
             if self.metrics is not None:
                 self.metrics.queue_duration.observe(start - p.enqueued_at)
         self._idle.clear()
@@ -394,7 +428,9 @@ class BatchQueue:
                 if not p.future.done():
                     p.future.set_exception(exc)
         else:
+            finished = time.monotonic()
             for p, result in zip(batch, results, strict=True):
+                p.finished_at = finished
                 if not p.future.done():
                     p.future.set_result(result)
         finally:
@@ -404,7 +440,7 @@ class BatchQueue:
             if self.metrics is not None:
                 self.metrics.inference_duration.observe(time.monotonic() - start)
                 self.metrics.batch_size.observe(sum(p.n_inputs for p in batch))
-                self.metrics.batch_tokens.observe(padded_cost(batch))
+                self.metrics.batch_tokens.observe(batch_work(batch, self._cost_of(batch[0].group)))
 
     async def _watch(self, compute: asyncio.Future[Sequence[Any]], batch: list[Pending]) -> Any:
         """The batch's results; past ``compute_timeout_s`` answer its requests 504 and report

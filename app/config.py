@@ -89,8 +89,9 @@ class ServeConfig(BaseSettings):
         default=True, description="Dynamic batching (off: one request per pass)."
     )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Inputs per batch.")
-    # Padded cost (longest input x inputs) per forward pass; bounds activation memory and latency.
-    max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per batch.")
+    # Work per batch in token-equivalents, by the engine's cost model (app.batcher.CostModel:
+    # real tokens plus attention over padding); bounds activation memory and latency.
+    max_batch_tokens: int = Field(default=16384, ge=1, description="Token cost per batch.")
     # How long the first request of a batch may wait for company. A few ms buys large batches
     # under load and costs an idle server almost nothing.
     max_wait_ms: float = Field(
@@ -102,6 +103,12 @@ class ServeConfig(BaseSettings):
     max_input_tokens: int = Field(default=512, ge=3, description="Tokens per input.")
     max_top_k: int = Field(default=100, ge=1, description="Largest fill-mask top_k.")
     max_targets: int = Field(default=100, ge=1, description="Most fill-mask targets.")
+
+    # What the model computes in (app.precision): auto is bf16 where the CPU/GPU has native bf16,
+    # else fp32. bf16 and int8 serve only if they pass an accuracy gate against fp32 at load.
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        default="auto", description="Model precision (gated against fp32)."
+    )
 
     # --- threads -------------------------------------------------------------------------------
     # torch intra-op threads; None means (cores - 1) so the event loop keeps a core to itself.

@@ -6,7 +6,8 @@ with it.
   recognises, a text classifier among them, or a sentence-transformers one), safetensors only,
   every file inside the models root when one is given; checks that the tokenizer fits the
   embedding matrix, and runs a test forward pass. Any failure is a ``CheckpointLoadError`` whose
-  message names the problem.
+  message names the problem. The model is then run in the configured precision (bf16 or int8)
+  only if that passes its accuracy gate against fp32 (``app.precision``); otherwise fp32 serves.
 * ``Engine.capabilities``: what the model can do (fill-mask needs an MLM head, classification a
   classifier, whose labels it lists) and the defaults of its embeddings (pooling, normalisation,
   token limit), which ``/info`` reports.
@@ -25,6 +26,7 @@ classified: every input is one text.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.batcher import plan_chunks
+from app import precision as precisions
+from app.batcher import CostModel, plan_chunks
 from app.errors import CheckpointLoadError, InputValidationError
 from model import BertConfig, BertForMaskedLM, Capabilities, ModelError, load_checkpoint, pool
 from tokenization import WordPieceTokenizer
@@ -113,6 +116,9 @@ class Engine:
     max_input_tokens: int  # min(configured limit, the model's limit)
     capabilities: Capabilities
     load_seconds: float = 0.0
+    precision: str = "fp32"  # what the model computes in: fp32, bf16 or int8
+    # How that was decided: requested, effective, reason, and the accuracy gate's figures.
+    precision_report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -135,6 +141,21 @@ class Engine:
     def can_classify(self) -> bool:
         return bool(self.capabilities.labels)
 
+    @property
+    def cost_model(self) -> CostModel:
+        """This model's price list for the batcher and the chunk planner.
+
+        Our model drops padding before all token-wise work (embeddings, projections, FFN), so
+        padding costs only in attention: n * T^2 query-key pairs, each worth 2H / (4H^2 + 2HI)
+        of a token's linear work. Splitting a batch thus pays only for long outliers.
+        """
+        h, i = self.config.hidden_size, self.config.intermediate_size
+        return CostModel(
+            overhead=FORWARD_OVERHEAD_TOKENS,
+            attention=2 * h / (4 * h * h + 2 * h * i),
+            padded=False,
+        )
+
     def info(self) -> dict[str, Any]:
         """What ``/info`` shows about the model."""
         caps = self.capabilities
@@ -149,6 +170,7 @@ class Engine:
             "max_input_tokens": self.max_input_tokens,
             "parameters": self.model.num_parameters(),
             "load_seconds": round(self.load_seconds, 3),
+            "precision": {"effective": self.precision, **self.precision_report},
             "capabilities": {
                 "fill_mask": caps.fill_mask,
                 "classify": self.can_classify,
@@ -265,25 +287,13 @@ class Engine:
         with torch.inference_mode():
             return self._run_batch(jobs)
 
-    def _chunk_cost(self, n: int, max_len: int) -> float:
-        """Size-dependent cost of a forward pass over n inputs padded to max_len, in tokens.
-
-        Our model drops padding before all token-wise work (embeddings, projections, FFN), so
-        padding costs only in attention: n * max_len^2 query-key pairs, each worth
-        2H / (4H^2 + 2HI) of a token's linear work. (The real tokens cost the same however
-        the batch is split, so they are left out.) Splitting thus pays only for long outliers.
-        """
-        cfg = self.config
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        return n * max_len * max_len * 2 * h / (4 * h * h + 2 * h * i)
-
     def _run_batch(self, jobs: list[Job]) -> list[Any]:
         rows = [(j, i, enc) for j, job in enumerate(jobs) for i, enc in enumerate(job.inputs)]
         rows.sort(key=lambda r: len(r[2]))  # similar lengths share a forward pass
         results: list[list[Any]] = [[None] * len(job.inputs) for job in jobs]
         pad_id = self.tokenizer.pad_token_id
         lengths = [len(r[2]) for r in rows]
-        for start, end in plan_chunks(lengths, FORWARD_OVERHEAD_TOKENS, self._chunk_cost):
+        for start, end in plan_chunks(lengths, self.cost_model):
             chunk = rows[start:end]
             T = len(chunk[-1][2])
             ids = torch.tensor([enc.ids + [pad_id] * (T - len(enc)) for _, _, enc in chunk])
@@ -400,12 +410,18 @@ def _top_candidates(
 
 
 def load_engine(
-    directory: str | Path, *, max_input_tokens: int = 512, root: Path | None = None
+    directory: str | Path,
+    *,
+    max_input_tokens: int = 512,
+    root: Path | None = None,
+    precision: str = "fp32",
 ) -> Engine:
     """Load and validate a checkpoint directory; CheckpointLoadError says what is wrong.
 
     With ``root`` (a resolved models root), every file read must resolve inside it, so a symlink
     planted in a checkpoint directory cannot make the server read files elsewhere.
+    ``precision`` (``app.precision.PRECISIONS``) is tried after the fp32 model passed its self
+    test, and kept only if it passes the accuracy gate against fp32; else fp32 serves.
     """
     t0 = time.perf_counter()
     directory = Path(directory)
@@ -432,12 +448,39 @@ def load_engine(
         capabilities=loaded.capabilities,
     )
     engine.self_test()
+    engine = _with_precision(engine, precision)
     engine.load_seconds = time.perf_counter() - t0
     logger.info(
-        "loaded checkpoint %s as %s (%s) in %.2fs",
+        "loaded checkpoint %s as %s (%s, %s) in %.2fs",
         directory,
         engine.version,
         engine.capabilities.kind,
+        engine.precision,
         engine.load_seconds,
     )
+    return engine
+
+
+def _with_precision(engine: Engine, requested: str) -> Engine:
+    """The fp32 ``engine`` in the requested precision if that passes its accuracy gate."""
+    target, reason = precisions.resolve(requested)
+    report: dict[str, Any] = {"requested": requested, "reason": reason, "gate": None}
+    if target == "fp32":
+        engine.precision_report = report
+        return engine
+    candidate = dataclasses.replace(
+        engine, model=precisions.convert(engine.model, target), precision=target
+    )
+    gate = precisions.measure(engine, candidate)
+    report["gate"] = gate.as_dict()
+    if gate.passed:
+        candidate.precision_report = report
+        return candidate
+    logger.warning(
+        "%s in %s fails its accuracy gate against fp32 (%s); serving fp32",
+        engine.path,
+        target,
+        gate.as_dict(),
+    )
+    engine.precision_report = {**report, "reason": f"{target} failed the accuracy gate"}
     return engine

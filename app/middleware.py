@@ -8,7 +8,9 @@ handlers' client-disconnect detection.
   answering 413 as soon as the count would pass the limit; it never holds more than the limit.
   The body is then replayed to the app in one message; later ``receive`` calls pass through,
   so handlers still see ``http.disconnect``.
-* ``ObservabilityMiddleware`` counts requests by route template and status, times them, and adds
+* ``ObservabilityMiddleware`` counts requests by route template and status, times them (and
+  starts the request's stage clock, ``app.metrics.RequestTimer``, whose last stage, respond,
+  ends when the response starts), and adds
   ``X-Model-Version`` (the serving version) to every response that does not carry one already
   (inference responses carry the version of the model that computed them).
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
-from app.metrics import ServeMetrics
+from app.metrics import ServeMetrics, start_timer
 
 VERSION_HEADER = "X-Model-Version"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -92,10 +94,13 @@ class ObservabilityMiddleware:
             return
         start = time.perf_counter()
         status = 500  # if the app raises before answering, ServerErrorMiddleware sends a 500
+        timer = start_timer(self.metrics)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                if timer.stage == "compute":  # an inference request: its last stage ends here
+                    timer.mark("respond")
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-model-version" for k, _ in headers):

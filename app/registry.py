@@ -100,7 +100,10 @@ class ModelRegistry:
         """Load the startup checkpoint: ``config.checkpoint``, else the pointer's (watch mode)."""
         if self.config.checkpoint is not None:
             engine = await asyncio.to_thread(
-                self._loader, self.config.checkpoint, max_input_tokens=self.config.max_input_tokens
+                self._loader,
+                self.config.checkpoint,
+                max_input_tokens=self.config.max_input_tokens,
+                precision=self.config.precision,
             )
         else:
             pointer = await asyncio.to_thread(self.read_pointer)
@@ -116,6 +119,7 @@ class ModelRegistry:
                 path,
                 max_input_tokens=self.config.max_input_tokens,
                 root=self.root(),
+                precision=self.config.precision,
             )
         self._install(engine)
         return engine
@@ -130,6 +134,7 @@ class ModelRegistry:
                     path,
                     max_input_tokens=self.config.max_input_tokens,
                     root=self.root(),
+                    precision=self.config.precision,
                 )
             except Exception as e:
                 self.metrics.reloads.labels(result="failure").inc()
@@ -153,7 +158,9 @@ class ModelRegistry:
         # when a request is tokenized, and batches by engine, so no batch mixes versions.
         self.current = engine
         caps = engine.capabilities
-        self.metrics.set_model(engine.version, engine.sha256, caps.kind, len(caps.labels))
+        self.metrics.set_model(
+            engine.version, engine.sha256, caps.kind, len(caps.labels), engine.precision
+        )
 
     @property
     def version(self) -> str | None:

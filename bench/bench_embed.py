@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 
 from bench.bench_serve import Server
+from bench.wrk import wrk_bodies
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -225,52 +226,10 @@ def embed(url: str, path: str, inputs: list[str]) -> list[list[float]]:
     return [d["embedding"] for d in data]
 
 
-LUA = """
-local bodies = {
-%s
-}
-local counter = 0
-request = function()
-  counter = counter %% #bodies + 1
-  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[counter])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %%d, "duration_us": %%d, "errors": %%d, "p50_us": %%d, "p99_us": %%d}\\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
 def wrk(url: str, path: str, inputs: list[str], connections: int, seconds: float) -> dict:
     """One wrk run of OpenAI-style embedding bodies: requests/s, p50/p99 in ms, errors."""
     bodies = [{"input": t, "model": SERVED_NAME} for t in inputs]
     return wrk_bodies(url, path, bodies, connections, seconds)
-
-
-def wrk_bodies(url: str, path: str, bodies: list[dict], connections: int, seconds: float) -> dict:
-    """One wrk run POSTing the JSON ``bodies`` in turn: requests/s, p50/p99 in ms, errors."""
-    lua_bodies = ",\n".join("[==[" + json.dumps(b) + "]==]" for b in bodies)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA % (lua_bodies, path))
-        script = f.name
-    try:
-        cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s"]
-        cmd += ["--timeout", "60s", "--latency", "-s", script, url]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(script)
-    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
-    raw = json.loads(line.removeprefix("WRK_JSON "))
-    return {
-        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 2),
-        "p50_ms": round(raw["p50_us"] / 1000, 1),
-        "p99_ms": round(raw["p99_us"] / 1000, 1),
-        "requests": raw["requests"],
-        "errors": raw["errors"],
-    }
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -26,21 +26,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.bench_embed import texts, wrk_bodies
 from bench.bench_serve import Server
+from bench.wrk import fill_mask_bodies, wrk_bodies
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-
-def bodies(n: int = 256) -> list[dict]:
-    """Fill-mask bodies: a validation gloss with its middle word masked."""
-    out = []
-    for text in texts(n):
-        words = text.split()[:24]
-        words[len(words) // 2] = "[MASK]"
-        out.append({"inputs": " ".join(words), "top_k": 5})
-    return out
 
 
 def measure(checkpoint: str, ui: bool, args: argparse.Namespace, load: list[dict]) -> dict:
@@ -66,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.duration = 2, 5.0
     if shutil.which("wrk") is None:
         parser.exit(2, "bench_ui: wrk is missing: sudo apt-get install -y wrk\n")
-    load = bodies()
+    load = fill_mask_bodies()
     runs: dict[str, list[dict]] = {"ui_on": [], "ui_off": []}
     for r in range(args.rounds):
         order = (True, False) if r % 2 == 0 else (False, True)

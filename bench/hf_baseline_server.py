@@ -27,10 +27,10 @@ class FillMaskRequest(BaseModel):
 
 
 def create_app(checkpoint: str) -> FastAPI:
-    from transformers import AutoTokenizer, BertForMaskedLM, pipeline
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = BertForMaskedLM.from_pretrained(checkpoint).eval()
+    model = AutoModelForMaskedLM.from_pretrained(checkpoint).eval()
     if len(tokenizer) != model.config.vocab_size:
         raise SystemExit(f"tokenizer has {len(tokenizer)} tokens, model {model.config.vocab_size}")
     fill = pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")

@@ -241,7 +241,10 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
     assert info["admin_api"] is False
     client.post("/fill-mask", json={"inputs": TEXTS[0]})
     text = client.get("/metrics").text
-    labels = f'kind="BertForMaskedLM",num_labels="0",sha256="{sha}",version="tiny-{sha[:12]}"'
+    labels = (
+        f'kind="BertForMaskedLM",num_labels="0",precision="fp32",'
+        f'sha256="{sha}",version="tiny-{sha[:12]}"'
+    )
     assert f"bert_model_info{{{labels}}} 1.0" in text
     assert 'bert_requests_total{endpoint="/fill-mask",status="200"}' in text
     for name in (
@@ -251,6 +254,8 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
         "bert_queue_size",
         "bert_batch_size_bucket",
         "bert_batch_tokens_bucket",
+        "bert_request_stage_seconds_bucket",
+        "bert_event_loop_lag_seconds_bucket",
         'bert_dropped_requests_total{reason="deadline"}',
         'bert_model_reloads_total{result="failure"}',
     ):
@@ -267,6 +272,69 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
 
     assert get_args(Pooling) == POOLINGS  # the schema's poolings are the model's
     assert "/admin/reload" not in paths  # no admin token configured: not mounted
+
+
+def _metric_sums(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value of every ``*_sum`` and ``*_count`` sample."""
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if "_sum" in key or "_count" in key:
+            out[key] = float(value)
+    return out
+
+
+def test_stage_timings_add_up_to_the_request(client):
+    """Each inference request is timed stage by stage (parse, tokenize, queue, compute, respond),
+    and the stages cover the request's duration: the per-stage histograms say where time goes."""
+    from app.metrics import STAGES
+
+    client.post("/fill-mask", json={"inputs": TEXTS[0]})  # warm
+    before = _metric_sums(client.get("/metrics").text)
+    assert client.post("/fill-mask", json={"inputs": TEXTS[1]}).status_code == 200
+    after = _metric_sums(client.get("/metrics").text)
+
+    def delta(key: str) -> float:
+        return after[key] - before.get(key, 0.0)
+
+    stages = {s: delta(f'bert_request_stage_seconds_sum{{stage="{s}"}}') for s in STAGES}
+    counts = {s: delta(f'bert_request_stage_seconds_count{{stage="{s}"}}') for s in STAGES}
+    assert counts == dict.fromkeys(STAGES, 1.0)
+    assert all(v >= 0 for v in stages.values()) and stages["compute"] > 0
+    total = delta('bert_request_duration_seconds_sum{endpoint="/fill-mask"}')
+    # The stages end at the response start; the total also covers sending the body.
+    assert 0.5 * total <= sum(stages.values()) <= total + 1e-3
+    # A request without compute (tokenize) marks no respond stage, and probes mark nothing.
+    client.post("/tokenize", json={"inputs": TEXTS[0]})
+    again = _metric_sums(client.get("/metrics").text)
+    assert (
+        again['bert_request_stage_seconds_count{stage="respond"}']
+        == after['bert_request_stage_seconds_count{stage="respond"}']
+    )
+    assert again["bert_event_loop_lag_seconds_count"] >= 0
+
+
+def test_short_texts_are_tokenized_inline_long_ones_in_the_tokenizer_thread(client, monkeypatch):
+    from app.service import INLINE_TOKENIZE_CHARS
+
+    state = client.app.state.serve
+    pool = state._tokenizer_threads
+    submitted = []
+
+    def spy(fn, *args, **kwargs):
+        submitted.append(fn)
+        return type(pool).submit(pool, fn, *args, **kwargs)
+
+    monkeypatch.setattr(pool, "submit", spy)
+    short = client.post("/fill-mask", json={"inputs": TEXTS[0]})
+    assert short.status_code == 200 and submitted == []
+    long_text = "[MASK] " + "word " * (INLINE_TOKENIZE_CHARS // 5 + 1)
+    long = client.post("/fill-mask", json={"inputs": long_text, "truncate": True})
+    assert long.status_code == 200 and len(submitted) == 1
+    # Both ways give the same answer for the same text.
+    monkeypatch.setattr("app.service.INLINE_TOKENIZE_CHARS", 0)
+    threaded = client.post("/fill-mask", json={"inputs": TEXTS[0]})
+    assert len(submitted) == 2 and threaded.json() == short.json()
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.batcher import BatchQueue, padded_cost, plan_chunks
+from app.batcher import BatchQueue, CostModel, batch_work, plan_chunks
 from app.errors import (
     ClientDisconnectedError,
     OverloadedError,
@@ -344,7 +344,12 @@ def test_plan_chunks_known_answers():
     assert plan_chunks([5, 6, 7]) == [(0, 3)]
     assert plan_chunks([5, 5, 6, 100]) == [(0, 3), (3, 4)]
     # Without overhead every distinct length is its own pass.
-    assert plan_chunks([2, 2, 3], overhead_tokens=0) in ([(0, 2), (2, 3)], [(0, 3)])
+    assert plan_chunks([2, 2, 3], CostModel(overhead=0)) in ([(0, 2), (2, 3)], [(0, 3)])
+    # A model that drops padding pays for it only in attention: no split for a short outlier...
+    unpadded = CostModel(overhead=64, attention=0.001, padded=False)
+    assert plan_chunks([5, 5, 6, 100], unpadded) == [(0, 4)]
+    # ...but a long one's (n, T, T) attention outweighs a pass of overhead.
+    assert plan_chunks([5, 5, 6, 6, 6, 500], unpadded) == [(0, 5), (5, 6)]
     with pytest.raises(ValueError, match="sorted"):
         plan_chunks([3, 2])
 
@@ -352,7 +357,7 @@ def test_plan_chunks_known_answers():
 @given(st.lists(st.integers(1, 512), min_size=1, max_size=40), st.integers(0, 256))
 def test_plan_chunks_covers_inputs_and_never_costs_more_than_one_pass(lengths, overhead):
     lengths = sorted(lengths)
-    chunks = plan_chunks(lengths, overhead)
+    chunks = plan_chunks(lengths, CostModel(overhead=overhead))
     assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
     assert all(s < e for s, e in chunks)
@@ -360,12 +365,14 @@ def test_plan_chunks_covers_inputs_and_never_costs_more_than_one_pass(lengths, o
     assert cost <= overhead + lengths[-1] * len(lengths)
 
 
-def test_padded_cost():
+def test_batch_work_padded_and_unpadded():
     from app.batcher import Pending
 
     loop = asyncio.new_event_loop()
     try:
         ps = [Pending([3, 9], None, loop.create_future()), Pending([4], None, loop.create_future())]
-        assert padded_cost(ps) == 27
+        assert batch_work(ps, CostModel()) == 27  # 3 inputs padded to 9
+        unpadded = CostModel(attention=0.5, padded=False)
+        assert batch_work(ps, unpadded) == 16 + 0.5 * 3 * 9 * 9
     finally:
         loop.close()
