@@ -8,7 +8,9 @@ Three parts, after Ray Serve's ``serve/batching.py`` and TEI's ``queue.rs``:
   result while honouring the queue deadline and client disconnects; ``start``/``stop``.
 * The worker loop: take the first waiting request, then keep adding requests until the batch
   has ``max_batch_size`` inputs, or its cost (``CostModel.work``, the engine's price list)
-  would exceed ``max_batch_tokens``, or ``max_wait_s`` has passed since the first one was taken. A request that
+  would exceed ``max_batch_tokens``, or ``max_wait_s`` has passed since the first one was taken,
+  or the queue is empty and no request is on its way (``arriving``: a lone client's request is
+  not held back waiting for company that cannot come). A request that
   does not fit (or belongs to another group) goes back to the front. Cancelled and expired
   requests are skipped before compute. The batch is handed to ``run_batch`` (an async callable;
   the app's runs the model in its dedicated thread); its results are fanned out one per future,
@@ -162,6 +164,7 @@ class BatchQueue:
         compute_timeout_s: float | None = None,
         metrics: ServeMetrics | None = None,
         cost_of: Callable[[Hashable], CostModel] | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         if (
             max_batch_size < 1
@@ -184,6 +187,8 @@ class BatchQueue:
         self.metrics = metrics
         # The price list of the engine a group of requests runs on (the same as its planner's).
         self._cost_of = cost_of or (lambda group: CostModel())
+        # How many requests are on their way to the queue (None: unknown, always wait).
+        self._arriving = arriving
         self._queue: deque[Pending] = deque()
         self._not_empty = asyncio.Event()
         self._idle = asyncio.Event()  # no batch computing
@@ -375,6 +380,15 @@ class BatchQueue:
                 remaining = wait_until - time.monotonic()
                 if remaining <= 0 or self._closed:
                     break
+                if self._arriving is not None and self._arriving() <= 0:
+                    # Let the loop read what the sockets already hold (a few turns: readiness,
+                    # then the protocol, then the request's task); if nothing starts, no
+                    # company can come and waiting would only add latency.
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    if not self._queue and self._arriving() <= 0:
+                        break
+                    continue
                 self._not_empty.clear()
                 try:
                     await asyncio.wait_for(self._not_empty.wait(), remaining)

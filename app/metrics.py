@@ -131,6 +131,7 @@ class ServeMetrics:
         # The labelled children, looked up once: labels() takes a lock and hashes its arguments,
         # and every inference request observes five stages.
         self.stages = {stage: self.stage_duration.labels(stage=stage) for stage in STAGES}
+        self.arrivals = Arrivals()  # not exported: the batcher's cue that no company is coming
         for reason in ("cancelled", "client_disconnected", "deadline", "overloaded"):
             self.dropped.labels(reason=reason)
         for result in ("success", "failure"):
@@ -154,19 +155,38 @@ class ServeMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class Arrivals:
+    """Requests that have started (their headers are in) but not reached the batch queue yet:
+    the company a batch being gathered can still expect. Only touched on the event loop."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class RequestTimer:
     """One request's stage clock: ``mark(stage)`` observes the time since the previous mark.
 
     The observability middleware starts one per request (``current_timer``); the service marks
-    the stages it runs, so the stages of a request add up to its duration.
+    the stages it runs, so the stages of a request add up to its duration. The timer also counts
+    its request in ``Arrivals`` until ``arrived()`` (it is queued, or it has ended).
     """
 
-    __slots__ = ("_stages", "last", "stage")
+    __slots__ = ("_arrivals", "_stages", "last", "stage")
 
-    def __init__(self, stages: dict[str, Histogram], start: float) -> None:
+    def __init__(self, stages: dict[str, Histogram], start: float, arrivals: Arrivals) -> None:
         self._stages = stages
         self.last = start  # time.monotonic() of the previous mark
         self.stage: str | None = None  # the last stage marked
+        self._arrivals: Arrivals | None = arrivals
+        arrivals.count += 1
+
+    def arrived(self) -> None:
+        """The request is in the batch queue, or done without it: no longer on its way."""
+        if self._arrivals is not None:
+            self._arrivals.count -= 1
+            self._arrivals = None
 
     def mark(self, stage: str, at: float | None = None) -> None:
         at = time.monotonic() if at is None else at
@@ -179,7 +199,7 @@ _current_timer: ContextVar[RequestTimer | None] = ContextVar("bert_request_timer
 
 def start_timer(metrics: ServeMetrics) -> RequestTimer:
     """Start the stage clock of the request handled in this context."""
-    timer = RequestTimer(metrics.stages, time.monotonic())
+    timer = RequestTimer(metrics.stages, time.monotonic(), metrics.arrivals)
     _current_timer.set(timer)
     return timer
 

@@ -113,6 +113,7 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            timer.arrived()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "other"
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()

@@ -104,6 +104,7 @@ class ServeState:
             metrics=self.metrics,
             # Requests are grouped by the engine that tokenized them: its price list decides.
             cost_of=lambda engine: engine.cost_model,
+            arriving=lambda: self.metrics.arrivals.count,
         )
         self.batcher.start()
         if self.config.watch:
@@ -188,6 +189,9 @@ class ServeState:
     async def _compute(self, engine: Engine, job: Job, disconnected: Disconnect | None) -> Any:
         if self.batcher is None:
             raise UnhealthyError("the batch worker is not running")
+        timer = current_timer()
+        if timer is not None:
+            timer.arrived()
         pending = self.batcher.submit(
             [len(e) for e in job.inputs],
             job,
@@ -195,7 +199,6 @@ class ServeState:
             timeout_s=self.config.request_timeout_s,
         )
         result = await self.batcher.wait(pending, disconnected() if disconnected else None)
-        timer = current_timer()
         if timer is not None and pending.started_at is not None and pending.finished_at:
             timer.mark("queue", pending.started_at)
             timer.mark("compute", pending.finished_at)

@@ -87,6 +87,29 @@ def test_timeout_flushes_partial_batch():
     run(main())
 
 
+def test_no_wait_for_company_when_no_request_is_on_its_way():
+    async def main():
+        arriving = [0]
+        model = FakeModel()
+        q = BatchQueue(model, max_batch_size=8, max_wait_s=30.0, arriving=lambda: arriving[0])
+        q.start()
+        t0 = time.monotonic()
+        assert await q.wait(q.submit([3], payload="alone")) == "out:alone"
+        assert time.monotonic() - t0 < 5.0  # closed at once, not after max_wait_s
+        # With a request on its way, the batch waits for it (and stops waiting once it is in).
+        arriving[0] = 1
+        first = q.submit([3], payload="first")
+        await asyncio.sleep(0.05)
+        assert model.batches == [["alone"]]  # still gathering
+        arriving[0] = 0
+        second = q.submit([3], payload="second")
+        assert await asyncio.gather(q.wait(first), q.wait(second)) == ["out:first", "out:second"]
+        assert model.batches == [["alone"], ["first", "second"]]
+        await q.stop()
+
+    run(main())
+
+
 def test_token_budget_splits_batches_and_item_goes_back_to_front():
     async def main():
         model = FakeModel(gated=True)

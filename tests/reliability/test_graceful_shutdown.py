@@ -1,9 +1,11 @@
 """Graceful shutdown of a real ``bert-serve`` process: SIGTERM with requests in flight.
 
 The server runs as a subprocess (``python -m app.cli``, the ``bert-serve`` entry point) on a
-tiny checkpoint. Its batcher waits ``max_wait_ms`` (3 s) for a batch to fill, which holds the
-requests in flight without any test hook: 16 requests (fill-mask and embeddings) are sent, the
-test waits until ``bert_requests_in_flight`` shows all 16 inside the server, then sends SIGTERM.
+tiny checkpoint. Its batcher waits ``max_wait_ms`` (1.5 s) for a batch to fill while a request is
+still on its way, which holds the requests in flight without any test hook: one request sends
+its headers and not its body (it keeps a batch waiting for company), 16 requests (fill-mask and
+embeddings) are sent, the test waits until ``bert_requests_in_flight`` shows all of them inside
+the server, then sends SIGTERM and lets the unfinished one go.
 Asserted: readiness (``/health``) answers 503 before any of the 16 completes, and so does a new
 inference request; all 16 complete with 200 and the answers the checkpoint gives when computed
 in-process; the process exits 0 within ``graceful_shutdown_s`` of the signal, without a traceback.
@@ -15,6 +17,7 @@ the batcher's own drain on stop (tests/app/test_batcher.py).
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,7 +30,7 @@ from app.engine import EmbedJob, FillMaskJob, load_engine
 
 N_REQUESTS = 16
 GRACE_S = 10
-BATCH_WAIT_MS = 3000
+BATCH_WAIT_MS = 1500
 TEXTS = [
     "an entity that has [MASK] existence .",
     "the [MASK] of moving .",
@@ -88,10 +91,17 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, figures, one_t
                 r = None  # no response at all: lost
             return r, time.monotonic()
 
+        # A request whose body never comes: on its way to the queue, so batches wait for it.
+        host, port = url.removeprefix("http://").split(":")
+        unfinished = socket.create_connection((host, int(port)))
+        unfinished.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n"
+        )
         t_sent = time.monotonic()
         futures = [pool.submit(send, i) for i in range(N_REQUESTS)]
         deadline = time.monotonic() + BATCH_WAIT_MS / 1000 / 2
-        while _in_flight(url) < N_REQUESTS:
+        while _in_flight(url) < N_REQUESTS + 1:
             assert time.monotonic() < deadline, "the requests did not all reach the server"
             time.sleep(0.02)
         assert not any(f.done() for f in futures)
@@ -109,6 +119,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, figures, one_t
         late = httpx.post(f"{url}/fill-mask", json={"inputs": TEXTS[0]}, timeout=5)
         assert late.status_code == 503 and late.json()["error_type"] == "Unhealthy"
         assert not any(f.done() for f in futures), "a request completed before readiness went 503"
+        unfinished.close()  # its client gives up: the drain need not wait for it
 
         results = [f.result(timeout=GRACE_S + 5) for f in futures]
         rc = server.proc.wait(timeout=GRACE_S + 5)
