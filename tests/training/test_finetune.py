@@ -203,6 +203,7 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # ~17 s of subprocesses; the library paths above cover training and resume
 def test_cli_trains_and_bert_eval_classify_reports_the_same_figures(tmp_path):
     ckpt = _pretrained(tmp_path / "pre")
     train, valid = _labelled(tmp_path)

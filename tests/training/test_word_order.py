@@ -95,6 +95,7 @@ def test_learned_absolute_positions_learn_it_too_but_slowly(one_torch_thread):
     assert train_and_score("absolute", steps=1500) > 0.7
 
 
+@pytest.mark.slow  # the control arm (~8 s); make test keeps the rotary model's test
 def test_bag_of_words_fails(one_torch_thread):
     accuracy = train_and_score("absolute", orderless=True)
     assert accuracy < 0.35, f"an orderless model reached {accuracy:.3f}: the task leaks order"
