@@ -11,7 +11,7 @@ CHECKPOINT ?= checkpoints/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-slow reliability lint format bench clean docker-smoke ui-screenshot
+.PHONY: install serve test test-slow reliability lint format bench clean docker-smoke docker-scale-smoke ui-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" -e ".[dev,bench,train]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -59,3 +59,9 @@ clean:
 # Build and run the containers for real: serve, query, train, hot-swap under load, tear down.
 docker-smoke: install
 	$(BIN)/python deploy/docker_smoke.py
+
+# Three api replicas behind nginx (docker-compose.scale.yml): load spread, hot-swap, a replica
+# killed and another restarted under load, slow clients cut off; 0 failed requests. Writes
+# deploy/results/docker_scale_smoke.json.
+docker-scale-smoke: install
+	$(BIN)/python deploy/docker_scale_smoke.py

@@ -2,13 +2,15 @@
 
     make docker-smoke            # or: python deploy/docker_smoke.py [--base-image IMAGE]
 
-Steps, each printed with its outcome: build the image with compose; `up -d` the `api` service
-and wait until Docker reports it healthy (cold start timed); POST /fill-mask; start a client that
-polls /fill-mask on loopback throughout; run the `trainer` profile, which trains a small
-checkpoint into the models volume and moves `current`; wait until the running `api` serves the
-new version; stop the poller and require zero failed requests; `down -v`.
+Steps, each printed with its outcome: build the `api` and `trainer` images with compose (their
+sizes reported); `up -d` the `api` service and wait until Docker reports it healthy (cold start
+timed); POST /fill-mask; start a client that polls /fill-mask on loopback throughout; run the
+`trainer` profile, which trains a small checkpoint into the models volume and moves `current`;
+wait until the running `api` serves the new version; stop the poller and require zero failed
+requests; `down -v`.
 
-Deliberately not part of `make test`: it needs Docker and takes minutes. It talks only to
+The helpers here (compose command, environment, health wait) serve deploy/docker_scale_smoke.py
+too. Deliberately not part of `make test`: it needs Docker and takes minutes. It talks only to
 127.0.0.1, with a bounded number of requests.
 """
 
@@ -30,14 +32,59 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "bertserve-smoke"
 
 
-def compose_cmd() -> list[str]:
+def compose_cmd(project: str = PROJECT, file: str | None = None) -> list[str]:
+    """docker-compose 1.x where installed (this build machine), else Compose v2."""
+    files = ["-f", file] if file else []
     if shutil.which("docker-compose"):
-        return ["docker-compose", "-p", PROJECT]
-    return ["docker", "compose", "-p", PROJECT]
+        return ["docker-compose", "-p", project, *files]
+    return ["docker", "compose", "-p", project, *files]
 
 
-def run(args: list[str], env: dict[str, str], check: bool = True, quiet: bool = False) -> str:
-    print(f"$ {' '.join(args)}", flush=True)
+def docker_env(base_image: str | None, **extra: str) -> dict[str, str]:
+    """The environment for compose: BASE_IMAGE (the offline machine's local base when
+    ../shared/tools/local-docker.sh exists, else the public one) and TORCH_INDEX_URL."""
+    base = base_image
+    local_tool = ROOT.parent / "shared" / "tools" / "local-docker.sh"
+    if base is None and local_tool.exists():
+        base = subprocess.run(
+            ["bash", str(local_tool)], text=True, capture_output=True, check=True
+        ).stdout.split()[-1]
+    env = dict(os.environ, BASE_IMAGE=base or "python:3.11-slim", **extra)
+    if base and base.startswith("local/"):
+        env["TORCH_INDEX_URL"] = ""  # offline: torch comes from the wheel baked into the base image
+    return env
+
+
+def image_mb(tag: str, env: dict[str, str]) -> int:
+    """An image's size as `docker image inspect` reports it, in MB (10^6 bytes)."""
+    size = run(["docker", "image", "inspect", tag, "--format", "{{.Size}}"], env, quiet=True)
+    return round(int(size.strip()) / 1e6)
+
+
+def wait_healthy(cids: list[str], env: dict[str, str], timeout: float = 300) -> None:
+    """Until Docker reports every container healthy; SystemExit with their statuses if not."""
+    deadline = time.time() + timeout
+    health: list[str] = []
+    while time.time() < deadline:
+        health = run(
+            ["docker", "inspect", "--format", "{{.State.Health.Status}}", *cids],
+            env,
+            quiet=True,
+            echo=False,
+        ).split()
+        if health and all(h == "healthy" for h in health):
+            return
+        time.sleep(0.5)
+    for cid in cids:
+        run(["docker", "logs", "--tail", "40", cid], env, check=False)
+    raise SystemExit(f"not healthy in {timeout:.0f} s (last statuses: {health})")
+
+
+def run(
+    args: list[str], env: dict[str, str], check: bool = True, quiet: bool = False, echo: bool = True
+) -> str:
+    if echo:
+        print(f"$ {' '.join(args)}", flush=True)
     proc = subprocess.run(args, cwd=ROOT, env=env, text=True, capture_output=quiet)
     if check and proc.returncode != 0:
         if quiet:
@@ -77,44 +124,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=60)
     args = ap.parse_args(argv)
 
-    base = args.base_image
-    local_tool = ROOT.parent / "shared" / "tools" / "local-docker.sh"
-    if base is None and local_tool.exists():
-        base = subprocess.run(
-            ["bash", str(local_tool)], text=True, capture_output=True, check=True
-        ).stdout.split()[-1]
-    env = dict(os.environ, API_PORT=str(args.port), BASE_IMAGE=base or "python:3.11-slim")
-    if base and base.startswith("local/"):
-        env["TORCH_INDEX_URL"] = ""  # offline: torch comes from the wheel baked into the base image
+    env = docker_env(args.base_image, API_PORT=str(args.port))
     compose = compose_cmd()
     base_url = f"http://127.0.0.1:{args.port}"
     summary: dict = {"base_image": env["BASE_IMAGE"]}
     try:
         t0 = time.perf_counter()
-        run([*compose, "build"], env)
+        run([*compose, "--profile", "train", "build", "api", "trainer"], env)
         summary["build_s"] = round(time.perf_counter() - t0, 1)
-        size = run(
-            ["docker", "image", "inspect", "bertserve:latest", "--format", "{{.Size}}"],
-            env,
-            quiet=True,
-        )
-        summary["image_mb"] = round(int(size.strip()) / 1e6)
+        summary["image_mb"] = {
+            "api": image_mb("bertserve-api:latest", env),
+            "trainer": image_mb("bertserve-trainer:latest", env),
+        }
 
         t0 = time.perf_counter()
         run([*compose, "up", "-d", "api"], env)
         cid = run([*compose, "ps", "-q", "api"], env, quiet=True).strip()
-        deadline = time.time() + 300
-        health = ""
-        while time.time() < deadline:
-            health = run(
-                ["docker", "inspect", "--format", "{{.State.Health.Status}}", cid], env, quiet=True
-            ).strip()
-            if health == "healthy":
-                break
-            time.sleep(0.5)
-        if health != "healthy":
-            run([*compose, "logs", "api"], env, check=False)
-            raise SystemExit(f"api did not become healthy (last status: {health!r})")
+        wait_healthy([cid], env)
         summary["cold_start_to_healthy_s"] = round(time.perf_counter() - t0, 1)
 
         r = httpx.post(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from training.labelled import LabelledDataError, TokenizedExamples, encode_examples, read_labelled
+from training.metrics import pyplot
 
 __all__ = [
     "classification_metrics",
@@ -114,12 +115,9 @@ def format_report(metrics: dict[str, Any]) -> str:
 def plot_confusion(
     gold: np.ndarray, pred: np.ndarray, names: Sequence[str], out_path: str | Path
 ) -> Path:
-    """Draw the row-normalised confusion matrix (recall per gold label) with matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Draw the row-normalised confusion matrix (recall per gold label) with matplotlib (the
+    `train` extra; an ImportError that says so without it)."""
+    plt = pyplot()
     conf = confusion(gold, pred, len(names)).astype(np.float64)
     rows = conf.sum(axis=1, keepdims=True)
     norm = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)

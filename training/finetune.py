@@ -351,7 +351,10 @@ class FineTuner:
         finished = done()
         log.close()
         if cfg.plot and log.metrics is not None:
-            plot_finetune_curves(log.metrics.path, self.output_dir / "curves.png")
+            try:
+                plot_finetune_curves(log.metrics.path, self.output_dir / "curves.png")
+            except ImportError as e:  # the run is done and saved; only the picture is missing
+                logger.warning("curves.png not drawn: %s", e)
         best_dir = self.output_dir / BEST
         return FineTuneResult(
             output_dir=self.output_dir,

@@ -3,7 +3,9 @@
 `MetricsLogger.log(step, {...})` appends one JSON object per record to `metrics.jsonl` (kept across
 resumes, so the file and the plot cover the whole run) and mirrors scalars to TensorBoard under
 `tensorboard/`. `plot_curves` reads the JSONL back and draws train/valid loss and accuracy with
-matplotlib's Agg backend (no display needed).
+matplotlib's Agg backend (no display needed). matplotlib and tensorboard are the `train` extra
+(`pip install 'bertserve[train]'`), imported only when used: without them a run logs a warning,
+keeps its JSONL and checkpoints, and draws no curves.
 
 `RunLog` is what the training loop talks to: it averages step statistics over each logging
 window, writes their records (rank 0 only), drives the progress bar and keeps the session's
@@ -25,6 +27,7 @@ __all__ = [
     "StepStats",
     "plot_curves",
     "plot_finetune_curves",
+    "pyplot",
     "read_metrics",
 ]
 
@@ -43,8 +46,8 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(log_dir=str(self.directory / "tensorboard"))
-            except ImportError as e:  # tensorboard is a declared dependency; degrade, don't die
-                logger.warning("TensorBoard disabled: %s", e)
+            except ImportError as e:  # the `train` extra is not installed; degrade, don't die
+                logger.warning("TensorBoard disabled (pip install 'bertserve[train]'): %s", e)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         record = {"step": step, **values}
@@ -157,7 +160,10 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.close()
             if plot_to is not None:
-                plot_curves(self.metrics.path, plot_to)
+                try:
+                    plot_curves(self.metrics.path, plot_to)
+                except ImportError as e:  # hours of training must not end in a traceback
+                    logger.warning("%s not drawn: %s", plot_to, e)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -185,6 +191,25 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return steps, [by_step[s] for s in steps]
 
 
+def pyplot() -> Any:
+    """`matplotlib.pyplot` on the Agg backend (no display), or an ImportError naming the extra.
+
+    matplotlib is not a dependency of serving, so the API image and `pip install bertserve`
+    leave it out; training installs it with `pip install 'bertserve[train]'`.
+    """
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(
+            "plotting needs matplotlib, which is in the training extra: "
+            "pip install 'bertserve[train]' (or set plot to false)"
+        ) from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Draw MLM loss (left) and masked-token accuracy (middle) into `out_path`; runs with a
     contrastive objective get a third panel (InfoNCE loss and valid retrieval recall@1/MRR).
@@ -192,11 +217,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     The train MLM curve is `train_mlm_loss` when logged (joint runs, whose `train_loss` is the
     weighted sum of both objectives), else `train_loss`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = read_metrics(metrics_path)
     contrastive = bool(_series(records, "train_contrastive_loss")[0])
     fig, axes = plt.subplots(1, 3 if contrastive else 2, figsize=(16 if contrastive else 11, 4))
@@ -241,11 +262,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
 def plot_finetune_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     """A fine-tuning run's curves: train/valid loss (left), train/valid accuracy and valid
     macro-F1 (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = read_metrics(metrics_path)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label, ax, colour in (
@@ -266,8 +283,7 @@ def plot_finetune_curves(metrics_path: str | Path, out_path: str | Path) -> Path
 
 def _save(fig: Any, axes: tuple[Any, ...], out_path: str | Path) -> Path:
     """Grid and legend on `axes`, then write the figure and free it."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
