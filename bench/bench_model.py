@@ -13,8 +13,9 @@ noise hits both alike. transformers computes the full (B, T, V) logits as its fi
 does, then takes the [MASK] rows; ours projects only the [MASK] rows (prediction_mask) and runs
 the last layer only there too (return_hidden=False: what a fill-mask server needs). Ours without
 that last-layer pruning is timed as well and shown in brackets. All then apply softmax + top-5,
-and the top-5 ids must be identical (asserted; a swap between two probabilities closer than 1e-5
-is counted as a tie, not a failure). Reduced precisions (--serve-precisions, default int8 plus
+and the top-5 ids must be identical (asserted; a row whose ranked top-5 probabilities all match
+within 1e-5 but whose ids differ, two near-equal candidates trading places, is counted as a tie,
+not a failure). Reduced precisions (--serve-precisions, default int8 plus
 bf16 where the CPU has it natively) are loaded as the server loads them, through
 `app.engine.load_engine(precision=...)`: converted, then kept only if they pass the accuracy gate
 against fp32 (`app.precision`); each one that passes is timed beside the others against HF fp32,
@@ -187,10 +188,11 @@ def compare_top5(ours, ref) -> tuple[int, int, int]:
     same = (ours.indices == ref.indices).all(dim=-1)
     ties = 0
     for i in torch.nonzero(~same).flatten().tolist():
-        # Equal as sets and every swapped pair has near-equal probabilities: a tie.
-        a, b = ours.indices[i].tolist(), ref.indices[i].tolist()
+        # The k-th best probability is the same within the tolerance at every rank: whichever
+        # ids hold those ranks (a swap inside the top 5, or a 5th and 6th trading places) is a
+        # tie that float rounding may break either way.
         gap = (ours.values[i] - ref.values[i]).abs().max().item()
-        if sorted(a) == sorted(b) and gap < TIE_TOLERANCE:
+        if gap < TIE_TOLERANCE:
             ties += 1
     return len(same), int(same.sum()), ties
 

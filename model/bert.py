@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import POOLINGS, BertConfig
 from model.errors import ModelInputError
-from model.heads import ACTIVATIONS, ClassificationHead, MLMHead, NSPHead, pool
+from model.heads import ACTIVATIONS, INPLACE_ACTIVATIONS, ClassificationHead, MLMHead, NSPHead, pool
 from model.rotary import apply_rotary
 
 IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
@@ -208,9 +208,13 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.act_ = INPLACE_ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.act(self.up(x)))  # (N, I) inside, (N, H) out
+        h = self.up(x)  # (N, I)
+        # Without autograd nothing needs the pre-activation: overwrite it (no second buffer).
+        h = self.act(h) if torch.is_grad_enabled() else self.act_(h)
+        return self.down(h)  # (N, H)
 
 
 class Layer(nn.Module):
