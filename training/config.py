@@ -27,7 +27,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -45,6 +45,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 class TrainConfigError(ValueError):
     """A training setting is unknown, of the wrong type, or out of range."""
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -185,11 +188,16 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys are errors naming the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TrainConfigError(f"unknown train setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return from_known_keys(cls, d, "train")
+
+
+def from_known_keys(cls: type[T], d: dict[str, Any], what: str) -> T:
+    """``cls(**d)`` for a dataclass, refusing keys that are not its fields (naming them)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise TrainConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(names)}")
+    return cls(**d)
 
 
 def _check(ok: bool, name: str, value: Any, want: str) -> None:

@@ -151,15 +151,7 @@ class FineTuner:
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps,
         )
-        budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
-        self.schedule = LRSchedule(
-            peak_lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            warmup_fraction=cfg.warmup_fraction,
-            max_steps=self.max_steps,
-            budget_s=budget,
-            shape=cfg.lr_schedule,
-        )
+        self.schedule = LRSchedule.from_config(cfg, self.max_steps)
         self.manager = CheckpointManager(self.output_dir, keep_last=cfg.keep_last)
         self.step = 0
         self.train_time_s = 0.0

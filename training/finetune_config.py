@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from training.config import TrainConfigError, _check, coerce_value
+from training.config import TrainConfigError, _check, coerce_value, from_known_keys
 from training.labelled import CLASS_WEIGHTINGS
 
 __all__ = ["FinetuneConfig", "load_finetune_config"]
@@ -105,11 +105,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TrainConfigError(f"unknown finetune setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return from_known_keys(cls, d, "finetune")
 
 
 def load_finetune_config(

@@ -90,6 +90,20 @@ class LRSchedule:
         self.budget_s = budget_s
         self.elapsed_offset = 0.0  # seconds of training done by earlier sessions (time mode)
 
+    @classmethod
+    def from_config(cls, cfg: Any, max_steps: int) -> LRSchedule:
+        """The schedule a training config asks for (``lr``, ``min_lr``, ``warmup_fraction``,
+        ``lr_schedule``, ``time_budget_minutes``: TrainConfig and FinetuneConfig alike)."""
+        minutes = cfg.time_budget_minutes
+        return cls(
+            peak_lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            warmup_fraction=cfg.warmup_fraction,
+            max_steps=max_steps,
+            budget_s=minutes * 60.0 if minutes is not None else None,
+            shape=cfg.lr_schedule,
+        )
+
     @property
     def time_based(self) -> bool:
         return self.budget_s is not None

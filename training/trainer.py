@@ -162,15 +162,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.precision == "fp16" and self.device.type == "cuda"
         )
-        budget = cfg.time_budget_minutes * 60.0 if cfg.time_budget_minutes is not None else None
-        self.schedule = LRSchedule(
-            peak_lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            warmup_fraction=cfg.warmup_fraction,
-            max_steps=cfg.max_steps,
-            budget_s=budget,
-            shape=cfg.lr_schedule,
-        )
+        self.schedule = LRSchedule.from_config(cfg, cfg.max_steps)
         self.order = RowOrder(len(train_data), cfg.seed)
         self.batches = MLMBatches(train_data, self.order, tokenizer, cfg, self.device)
         self.manager = CheckpointManager(self.output_dir, cfg.keep_last, writer=self.info.is_main)
