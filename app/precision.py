@@ -99,18 +99,21 @@ class GateReport:
 
 
 @functools.cache
-def native_bf16_cpu() -> bool:
-    """True if this CPU multiplies bf16 natively (``avx512_bf16`` or AMX in /proc/cpuinfo)."""
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo (None where there is none, e.g. macOS)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    flags = set()
+        return None
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
+def native_bf16_cpu() -> bool:
+    """True if this CPU multiplies bf16 natively (``avx512_bf16`` or AMX in /proc/cpuinfo)."""
+    return bool((cpu_flags() or frozenset()) & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve(requested: str, device: torch.device | str = "cpu") -> tuple[str, str]:

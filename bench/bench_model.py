@@ -72,6 +72,8 @@ from pathlib import Path
 
 import torch
 
+from app.precision import cpu_flags
+
 try:
     import resource  # Unix only: page-fault counts
 except ImportError:
@@ -349,9 +351,8 @@ def cpu_info() -> dict:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
-    flags_line = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
     model_line = re.search(r"^model name\s*:(.*)$", text, re.MULTILINE)
-    present = set(flags_line.group(1).split()) if flags_line else None
+    present = cpu_flags()
     return {
         "model": model_line.group(1).strip() if model_line else platform.processor(),
         "flags": {f: (None if present is None else f in present) for f in CPU_FLAGS},

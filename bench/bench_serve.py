@@ -151,13 +151,10 @@ def verify(url: str, text: str) -> None:
 
 def cpu_flags() -> list[str]:
     """The CPU features that decide which precision is fast here."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    from app.precision import cpu_flags as present
+
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
-    return [f for f in wanted if f in line.split()]
+    return [f for f in wanted if f in (present() or ())]
 
 
 def run_server(name: str, argv: list[str], args: argparse.Namespace, bodies: list[dict]) -> list:
