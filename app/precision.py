@@ -24,15 +24,15 @@ choice for BERT's activations), static quantization (needs calibration data), an
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from model.hardware import native_bf16_cpu
 
 if TYPE_CHECKING:
     from app.engine import Engine
@@ -96,24 +96,6 @@ class GateReport:
             },
             "passed": self.passed,
         }
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str] | None:
-    """This CPU's feature flags from /proc/cpuinfo (None where there is none, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return None
-
-
-def native_bf16_cpu() -> bool:
-    """True if this CPU multiplies bf16 natively (``avx512_bf16`` or AMX in /proc/cpuinfo)."""
-    return bool((cpu_flags() or frozenset()) & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve(requested: str, device: torch.device | str = "cpu") -> tuple[str, str]:

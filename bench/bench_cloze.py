@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from model import hardware
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 RESULTS = ROOT / "bench" / "results" / "bench_cloze.json"
@@ -54,15 +56,9 @@ def log(msg: str) -> None:
 
 def cpu_flags() -> str:
     """The CPU features that decide fp32/bf16 speed, for the record."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    flags = hardware.cpu_flags()
+    if flags is None:
         return platform.processor() or "unknown"
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 

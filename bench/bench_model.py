@@ -72,7 +72,7 @@ from pathlib import Path
 
 import torch
 
-from app.precision import cpu_flags
+from model.hardware import cpu_flags
 
 try:
     import resource  # Unix only: page-fault counts

@@ -151,7 +151,7 @@ def verify(url: str, text: str) -> None:
 
 def cpu_flags() -> list[str]:
     """The CPU features that decide which precision is fast here."""
-    from app.precision import cpu_flags as present
+    from model.hardware import cpu_flags as present
 
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
     return [f for f in wanted if f in (present() or ())]

@@ -14,13 +14,13 @@ import random
 import signal
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from model.hardware import native_bf16_cpu
 from training.config import TrainConfig, TrainConfigError
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "StopRequest",
     "autocast_for",
     "barrier",
-    "cpu_has_native_bf16",
     "init_distributed",
     "resolve_precision",
     "rng_state",
@@ -71,14 +70,6 @@ def init_distributed(cfg: TrainConfig) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
 
@@ -90,7 +81,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if native_bf16_cpu() else "fp32"
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
