@@ -155,7 +155,7 @@ class ServeState:
         return self.registry.current
 
     # --- threads -------------------------------------------------------------------------------
-    async def in_tokenizer_thread(
+    async def tokenize_with(
         self, fn: Callable[..., T], *args: Any, chars: int | None = None, **kwargs: Any
     ) -> T:
         """``fn(*args, **kwargs)`` in the tokenizer thread, or inline on the event loop when the
@@ -253,7 +253,7 @@ class ServeState:
             encoded = engine.encode_fill_mask(texts, truncate=truncate)
             return FillMaskJob(inputs=encoded, top_k=top_k, target_ids=target_ids)
 
-        job = await self.in_tokenizer_thread(prepare, chars=_chars(texts, targets))
+        job = await self.tokenize_with(prepare, chars=_chars(texts, targets))
         raw = await self._compute(engine, job, disconnected)
         itos = engine.tokenizer.id_to_token
         predictions = []
@@ -297,7 +297,7 @@ class ServeState:
         pooling = pooling or engine.capabilities.pooling
         if normalize is None:
             normalize = engine.capabilities.normalize
-        encoded: list[Encoded] = await self.in_tokenizer_thread(
+        encoded: list[Encoded] = await self.tokenize_with(
             engine.encode_many, texts, truncate=truncate, direction=direction, chars=_chars(texts)
         )
         job = EmbedJob(inputs=encoded, pooling=pooling, normalize=normalize)
@@ -330,7 +330,7 @@ class ServeState:
                 f"the model {engine.version} ({engine.capabilities.kind}) has no classification "
                 f"head, so it cannot classify text; it serves {_serves(engine)}"
             )
-        encoded: list[Encoded] = await self.in_tokenizer_thread(
+        encoded: list[Encoded] = await self.tokenize_with(
             engine.encode_many, texts, truncate=truncate, direction=direction, chars=_chars(texts)
         )
         scores = await self._compute(
@@ -368,7 +368,7 @@ class ServeState:
         def run() -> list[list[dict[str, Any]]]:
             return [engine.tokens(t, add_special_tokens) for t in texts]
 
-        return engine, await self.in_tokenizer_thread(run)
+        return engine, await self.tokenize_with(run)
 
 
 def _chars(*groups: list[str] | None) -> int:
