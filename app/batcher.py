@@ -20,8 +20,7 @@ Three parts, after Ray Serve's ``serve/batching.py`` and TEI's ``queue.rs``:
   ``stalled_for`` tells readiness; the worker waits for the forward pass to return (a thread
   cannot be interrupted), logs the recovery and takes the next batch.
 
-``plan_chunks`` splits a batch sorted by length into forward passes of least total cost, by the
-same ``CostModel`` the batcher admits with.
+The prices come from ``app.cost.CostModel`` (the same list ``app.engine`` splits batches by).
 
 Deliberately not here: tokenization, torch, HTTP. A request is never split across batches, so
 all its inputs are computed by the same model; the first request of a batch is always taken
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import deque
@@ -41,6 +39,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.cost import CostModel
 from app.errors import (
     ClientDisconnectedError,
     ComputeTimeoutError,
@@ -76,75 +75,10 @@ class Pending:
         return max(self.lengths, default=0)
 
 
-@dataclass(frozen=True)
-class CostModel:
-    """What a forward pass costs, in token-equivalents (one token's linear work is 1).
-
-    One price list for two decisions: the batcher admits requests while a batch's ``work`` stays
-    within ``max_batch_tokens``, and ``plan_chunks`` splits a batch into passes of least total
-    ``pass_cost``. The engine gives the numbers of the model it runs (``Engine.cost_model``);
-    the default prices a model that computes every padded position.
-
-    * ``padded``: padding costs like real tokens (True) or nothing (a model that drops padding
-      before its token-wise work, as ours does; then only attention pays for it).
-    * ``attention``: the cost of one query-key pair of the padded (n, T, T) score matrices.
-    * ``overhead``: the fixed cost of one pass (Python dispatch, kernel launches, streaming every
-      weight matrix from memory), which small passes cannot amortise.
-    """
-
-    overhead: float = 64.0
-    attention: float = 0.0
-    padded: bool = True
-
-    def work(self, n: int, max_len: int, real_tokens: int) -> float:
-        """The size-dependent cost of one pass over ``n`` inputs padded to ``max_len``."""
-        tokens = n * max_len if self.padded else real_tokens
-        return tokens + self.attention * n * max_len * max_len
-
-    def pass_cost(self, n: int, max_len: int, real_tokens: int) -> float:
-        return self.overhead + self.work(n, max_len, real_tokens)
-
-
 def batch_work(batch: Sequence[Pending], cost: CostModel) -> float:
     """The work of a batch computed as one pass: what ``max_batch_tokens`` bounds."""
     lengths = [n for p in batch for n in p.lengths]
     return cost.work(len(lengths), max(lengths, default=0), sum(lengths))
-
-
-def plan_chunks(
-    sorted_lengths: Sequence[int], cost: CostModel = CostModel()
-) -> list[tuple[int, int]]:
-    """Split lengths sorted ascending into [start, end) chunks of minimal total ``pass_cost``.
-
-    A chunk is padded to its last (longest) length. Exact dynamic programming, O(n^2) for a
-    batch's few dozen inputs.
-
-    >>> plan_chunks([5, 5, 6, 100])  # one long outlier gets its own pass
-    [(0, 3), (3, 4)]
-    >>> plan_chunks([5, 6, 7])  # 3 x 7 = 21 beats any split plus 64 of overhead
-    [(0, 3)]
-    """
-    n = len(sorted_lengths)
-    if n == 0:
-        return []
-    if any(a > b for a, b in itertools.pairwise(sorted_lengths)):
-        raise ValueError(f"lengths must be sorted ascending, got {list(sorted_lengths)}")
-    prefix = [0, *itertools.accumulate(sorted_lengths)]  # real tokens of the first i inputs
-    best: list[float] = [0.0] + [float("inf")] * n  # best[i]: minimal cost of the first i
-    cut: list[int] = [0] * (n + 1)
-    for end in range(1, n + 1):
-        longest = sorted_lengths[end - 1]
-        for start in range(end):
-            real = prefix[end] - prefix[start]
-            total = best[start] + cost.pass_cost(end - start, longest, real)
-            if total < best[end]:
-                best[end], cut[end] = total, start
-    chunks = []
-    end = n
-    while end > 0:
-        chunks.append((cut[end], end))
-        end = cut[end]
-    return chunks[::-1]
 
 
 RunBatch = Callable[[list[Pending]], Awaitable[Sequence[Any]]]

@@ -1,13 +1,8 @@
 """Engine: one loaded checkpoint (model + tokenizer + version + capabilities) and the work done
 with it.
 
-* ``load_engine(dir)`` loads a checkpoint directory through the one loader,
-  ``model.checkpoint.load_checkpoint`` (ours, a transformers BERT directory of any of the kinds it
-  recognises, a text classifier among them, or a sentence-transformers one), safetensors only,
-  every file inside the models root when one is given; checks that the tokenizer fits the
-  embedding matrix, and runs a test forward pass. Any failure is a ``CheckpointLoadError`` whose
-  message names the problem. The model is then run in the configured precision (bf16 or int8)
-  only if that passes its accuracy gate against fp32 (``app.precision``); otherwise fp32 serves.
+* ``Engine.self_test()``: a forward pass on a fixed input whose shapes and values must be sane
+  (``app.loading.load_engine`` builds engines and calls it).
 * ``Engine.capabilities``: what the model can do (fill-mask needs an MLM head, classification a
   classifier, whose labels it lists) and the defaults of its embeddings (pooling, normalisation,
   token limit), which ``/info`` reports.
@@ -18,18 +13,14 @@ with it.
   length, split into forward passes by ``plan_chunks``, MLM logits only at ``[MASK]`` positions,
   and a pass of classifications alone runs its last layer at ``[CLS]`` only.
 
-Deliberately not here: HTTP, queues, threads (``app.service`` and ``app.batcher`` own those).
-Only safetensors are loaded (never pickle: a ``pytorch_model.bin`` is refused, convert it with
-``bert-convert``). ``app`` never imports ``training``. Sentence pairs (token type 1) are not
-classified: every input is one text.
+Deliberately not here: loading and the choice of precision (``app.loading``,
+``app.precision``), HTTP, queues, threads (``app.service`` and ``app.batcher`` own those).
+Sentence pairs (token type 1) are not classified: every input is one text.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,72 +28,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app import precision as precisions
-from app.batcher import CostModel, plan_chunks
+from app.cost import CostModel, plan_chunks
 from app.errors import CheckpointLoadError, InputValidationError
-from model import BertConfig, BertForMaskedLM, Capabilities, ModelError, load_checkpoint, pool
+from app.jobs import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, FillMaskJob, Job
+from model import BertConfig, BertForMaskedLM, Capabilities, ModelError, pool
 from tokenization import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
-
-# The fixed cost of one forward pass, in token-equivalents. Measured on a BERT-mini on CPU: a
-# pass costs ~50 tokens' worth of work before its first token (Python dispatch, and streaming
-# every weight matrix from memory, which small batches cannot amortise).
-FORWARD_OVERHEAD_TOKENS = 64
-
-
-@dataclass(eq=False, slots=True)
-class Encoded:
-    """One tokenized input: ids with [CLS]/[SEP], character offsets, and where its masks are."""
-
-    ids: list[int]
-    offsets: list[tuple[int, int]]  # (0, 0) for [CLS]/[SEP]; a literal "[MASK]" keeps its span
-    mask_positions: list[int] = field(default_factory=list)
-    truncated: bool = False
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(eq=False, slots=True)
-class FillMaskJob:
-    """A fill-mask request: for each input, ``top_k`` candidates per [MASK] position."""
-
-    inputs: list[Encoded]
-    top_k: int
-    target_ids: list[int] | None = None  # restrict candidates to these ids (deduplicated)
-
-
-@dataclass(eq=False, slots=True)
-class EmbedJob:
-    """An embedding request: one pooled vector per input."""
-
-    inputs: list[Encoded]
-    pooling: str = "mean"  # one of model.POOLINGS
-    normalize: bool = True
-
-
-@dataclass(eq=False, slots=True)
-class ClassifyJob:
-    """A text-classification request: one score per label (in label id order) per input."""
-
-    inputs: list[Encoded]
-    function: str = "softmax"  # a key of SCORE_FUNCTIONS (the pipeline's function_to_apply)
-
-
-Job = FillMaskJob | EmbedJob | ClassifyJob
-# Per input: per mask, candidates (token id, probability) best first.
-FillMaskResult = list[list[list[tuple[int, float]]]]
-EmbedResult = list[list[float]]
-ClassifyResult = list[list[float]]
-
-# How class logits become scores, by the name transformers' text-classification pipeline gives
-# it (function_to_apply); "none" answers the logits themselves.
-SCORE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "softmax": lambda logits: logits.softmax(dim=-1),
-    "sigmoid": torch.sigmoid,
-    "none": lambda logits: logits,
-}
 
 
 @dataclass(eq=False)
@@ -143,18 +75,8 @@ class Engine:
 
     @property
     def cost_model(self) -> CostModel:
-        """This model's price list for the batcher and the chunk planner.
-
-        Our model drops padding before all token-wise work (embeddings, projections, FFN), so
-        padding costs only in attention: n * T^2 query-key pairs, each worth 2H / (4H^2 + 2HI)
-        of a token's linear work. Splitting a batch thus pays only for long outliers.
-        """
-        h, i = self.config.hidden_size, self.config.intermediate_size
-        return CostModel(
-            overhead=FORWARD_OVERHEAD_TOKENS,
-            attention=2 * h / (4 * h * h + 2 * h * i),
-            padded=False,
-        )
+        """This model's price list for the batcher and the chunk planner (``app.cost``)."""
+        return CostModel.for_unpadded(self.config.hidden_size, self.config.intermediate_size)
 
     def info(self) -> dict[str, Any]:
         """What ``/info`` shows about the model."""
@@ -407,80 +329,3 @@ def _top_candidates(
         list(zip(ids_row, vals_row, strict=True))
         for ids_row, vals_row in zip(token_ids.tolist(), values.tolist(), strict=True)
     ]
-
-
-def load_engine(
-    directory: str | Path,
-    *,
-    max_input_tokens: int = 512,
-    root: Path | None = None,
-    precision: str = "fp32",
-) -> Engine:
-    """Load and validate a checkpoint directory; CheckpointLoadError says what is wrong.
-
-    With ``root`` (a resolved models root), every file read must resolve inside it, so a symlink
-    planted in a checkpoint directory cannot make the server read files elsewhere.
-    ``precision`` (``app.precision.PRECISIONS``) is tried after the fp32 model passed its self
-    test, and kept only if it passes the accuracy gate against fp32; else fp32 serves.
-    """
-    t0 = time.perf_counter()
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointLoadError(f"checkpoint directory not found: {directory}")
-    try:
-        loaded = load_checkpoint(
-            directory,
-            BertForMaskedLM,
-            tokenizer_factory=WordPieceTokenizer.from_pretrained,
-            allow_pickle=False,
-            root=root,
-        )
-    except (ModelError, ValueError, OSError) as e:
-        # Model errors usually name the file already; say the path once.
-        where = "" if str(directory) in str(e) else f" {directory}"
-        raise CheckpointLoadError(f"cannot load checkpoint{where}: {e}") from e
-    engine = Engine(
-        model=loaded.model,
-        tokenizer=loaded.tokenizer,
-        path=directory,
-        sha256=loaded.sha256,
-        max_input_tokens=min(max_input_tokens, loaded.capabilities.max_tokens),
-        capabilities=loaded.capabilities,
-    )
-    engine.self_test()
-    engine = _with_precision(engine, precision)
-    engine.load_seconds = time.perf_counter() - t0
-    logger.info(
-        "loaded checkpoint %s as %s (%s, %s) in %.2fs",
-        directory,
-        engine.version,
-        engine.capabilities.kind,
-        engine.precision,
-        engine.load_seconds,
-    )
-    return engine
-
-
-def _with_precision(engine: Engine, requested: str) -> Engine:
-    """The fp32 ``engine`` in the requested precision if that passes its accuracy gate."""
-    target, reason = precisions.resolve(requested)
-    report: dict[str, Any] = {"requested": requested, "reason": reason, "gate": None}
-    if target == "fp32":
-        engine.precision_report = report
-        return engine
-    candidate = dataclasses.replace(
-        engine, model=precisions.convert(engine.model, target), precision=target
-    )
-    gate = precisions.measure(engine, candidate)
-    report["gate"] = gate.as_dict()
-    if gate.passed:
-        candidate.precision_report = report
-        return candidate
-    logger.warning(
-        "%s in %s fails its accuracy gate against fp32 (%s); serving fp32",
-        engine.path,
-        target,
-        gate.as_dict(),
-    )
-    engine.precision_report = {**report, "reason": f"{target} failed the accuracy gate"}
-    return engine

@@ -17,21 +17,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import ServeConfig
 from app.errors import install_error_handlers
 from app.metrics import ServeMetrics
-from app.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from app.middleware import (
+    BodyLimitMiddleware,
+    InFlight,
+    InFlightMiddleware,
+    ObservabilityMiddleware,
+)
 from app.registry import ModelRegistry
 from app.routes import admin, inference, ops, pipeline, ui
 from app.service import ServeState
 
 logger = logging.getLogger(__name__)
-
-# Requests the shutdown drain does not wait for: they answer at once, and load balancers keep
-# sending them while the server drains.
-PROBE_PATHS = frozenset({"/health", "/live", "/metrics"})
 
 API_DESCRIPTION = """\
 Fill-mask, sentence embeddings and text classification from a BERT checkpoint (ours, any
@@ -85,38 +85,3 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
     )
     app.add_middleware(InFlightMiddleware, counter=in_flight)
     return app
-
-
-class InFlight:
-    """How many requests (probes excluded) the app is handling now; mirrored in a gauge."""
-
-    def __init__(self, metrics: ServeMetrics) -> None:
-        self.count = 0
-        self._gauge = metrics.in_flight
-
-    def enter(self) -> None:
-        self.count += 1
-        self._gauge.inc()
-
-    def leave(self) -> None:
-        self.count -= 1
-        self._gauge.dec()
-
-
-class InFlightMiddleware:
-    """Counts every HTTP request but the probes from its first byte to its last (pure ASGI, so
-    that handlers still see client disconnects)."""
-
-    def __init__(self, app: ASGIApp, counter: InFlight) -> None:
-        self.app = app
-        self.counter = counter
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
-            await self.app(scope, receive, send)
-            return
-        self.counter.enter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.counter.leave()

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the request-body limit, and per-request metrics + X-Model-Version.
+"""Pure ASGI middleware: the in-flight count, the request-body limit, and per-request metrics +
+X-Model-Version.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware, which would wrap ``receive`` and break the
 handlers' client-disconnect detection.
@@ -13,6 +14,8 @@ handlers' client-disconnect detection.
   ends when the response starts), and adds
   ``X-Model-Version`` (the serving version) to every response that does not carry one already
   (inference responses carry the version of the model that computed them).
+* ``InFlightMiddleware`` counts every request but the probes (``PROBE_PATHS``) in an
+  ``InFlight`` counter, which the graceful shutdown in ``app.cli`` waits on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from app.errors import error_response
 from app.metrics import ServeMetrics, start_timer
 
 VERSION_HEADER = "X-Model-Version"
+# Requests the shutdown drain does not wait for: they answer at once, and load balancers keep
+# sending them while the server drains.
+PROBE_PATHS = frozenset({"/health", "/live", "/metrics"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -127,3 +133,38 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1").strip()
     return None
+
+
+class InFlight:
+    """How many requests (probes excluded) the app is handling now; mirrored in a gauge."""
+
+    def __init__(self, metrics: ServeMetrics) -> None:
+        self.count = 0
+        self._gauge = metrics.in_flight
+
+    def enter(self) -> None:
+        self.count += 1
+        self._gauge.inc()
+
+    def leave(self) -> None:
+        self.count -= 1
+        self._gauge.dec()
+
+
+class InFlightMiddleware:
+    """Counts every HTTP request but the probes from its first byte to its last (pure ASGI, so
+    that handlers still see client disconnects)."""
+
+    def __init__(self, app: ASGIApp, counter: InFlight) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        self.counter.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.counter.leave()

@@ -13,7 +13,7 @@
   fp32 one, fill-mask top-5 sets overlap by >= ``MIN_TOP5_OVERLAP`` on average (MLM models),
   and the top label agrees on >= ``MIN_LABEL_AGREEMENT`` of the probes (classifiers).
 
-``app.engine.load_engine`` runs the gate at every load; a precision that fails it falls back
+``app.loading.load_engine`` runs the gate at every load; a precision that fails it falls back
 to fp32 with a warning, and ``/info`` and ``bert_model_info`` report what serves.
 
 Deliberately not here: fp16 (no CPU kernels worth having; on GPU bf16 is the safer 16-bit
@@ -27,15 +27,14 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from app.engine import Engine
+from app.jobs import ClassifyJob, EmbedJob, FillMaskJob
 from model.hardware import native_bf16_cpu
-
-if TYPE_CHECKING:
-    from app.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +142,6 @@ def convert(model: nn.Module, precision: str) -> nn.Module:
 
 def measure(reference: Engine, candidate: Engine) -> GateReport:
     """Run the probe set through both engines and compare the answers (see the module doc)."""
-    from app.engine import ClassifyJob, EmbedJob, FillMaskJob
-
     jobs: list[Any] = [
         EmbedJob(
             inputs=reference.encode_many(list(PROBES), truncate=True),

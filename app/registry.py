@@ -29,8 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.config import ServeConfig
-from app.engine import Engine, load_engine
+from app.engine import Engine
 from app.errors import CheckpointLoadError, InputValidationError, NotFoundError
+from app.loading import load_engine
 from app.metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)

@@ -2,15 +2,15 @@
 operations the routes call.
 
 One ``ServeState`` per app, created by ``create_app`` and started/stopped by its lifespan; routes
-reach it through the ``get_state`` dependency (never a module-level singleton). Operations:
+reach it through the ``get_state`` dependency (``app.routes.deps``) (never a module-level singleton). Operations:
 check the request against the configured limits, tokenize (short texts inline on the event loop,
 long ones in the tokenizer thread), submit to the batcher bound to the engine that tokenized,
 and await the result while watching for the client going away, marking the request's stages.
 The model runs only in the single model thread. After the first load, every object alive is
 frozen out of the garbage collector's sight (``gc.freeze``): full collections were the p99.
 
-Deliberately not here: HTTP details (routes), batching policy (``app.batcher``), tensors
-(``app.engine``).
+Deliberately not here: HTTP details and FastAPI dependencies (``app.routes``), batching policy
+(``app.batcher``), tensors (``app.engine``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
-from fastapi import Request
 
 from app.batcher import BatchQueue, Pending
 from app.config import ServeConfig
-from app.engine import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, Engine, FillMaskJob, Job
+from app.engine import Engine
 from app.errors import InputValidationError, UnhealthyError, UnsupportedError
+from app.jobs import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, FillMaskJob, Job
 from app.metrics import ServeMetrics, current_timer, watch_event_loop
 from app.registry import ModelRegistry
 
@@ -401,26 +401,3 @@ def fill_text(text: str, start: int, end: int, token: str) -> str:
     if token.startswith("##") and len(token) > 2:
         return text[:start].rstrip() + token[2:] + text[end:]
     return text[:start] + token + text[end:]
-
-
-async def wait_for_disconnect(request: Request) -> None:
-    """Return when the client has gone away (after the body was read, ``receive`` yields
-    ``http.disconnect`` only when the connection closes or the response is complete)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def get_state(request: Request) -> ServeState:
-    """FastAPI dependency: the app's ServeState (override it in tests if needed).
-
-    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
-    hop per request for a dictionary lookup.
-    """
-    return request.app.state.serve
-
-
-async def get_config(request: Request) -> ServeConfig:
-    """FastAPI dependency: the app's ServeConfig."""
-    return request.app.state.serve.config

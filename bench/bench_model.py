@@ -232,7 +232,7 @@ def bench_shape(name: str, tok, args, workdir: Path) -> dict:
     # keeps it only if it passes the accuracy gate against fp32 (app.precision).
     gated, gates = {}, {}
     if args.serve_precisions:
-        from app.engine import load_engine
+        from app.loading import load_engine
 
         if args.checkpoint is None:
             tok.save_pretrained(ckpt)  # the engine reads vocab.txt beside the weights

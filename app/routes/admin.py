@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from app.errors import ConflictError, InputValidationError, NotFoundError, UnauthorizedError
 from app.middleware import VERSION_HEADER
 from app.routes.common import error_responses
+from app.routes.deps import get_state
 from app.schemas import ReloadRequest, ReloadResponse
-from app.service import ServeState, get_state
+from app.service import ServeState
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from fastapi.responses import Response
 
 from app.errors import UnhealthyError
 from app.routes.common import error_responses
-from app.service import ServeState, get_state
+from app.routes.deps import get_state
+from app.service import ServeState
 
 router = APIRouter(tags=["operations"])
 

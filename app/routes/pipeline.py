@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from app.errors import InputValidationError
 from app.middleware import VERSION_HEADER
 from app.routes.common import INFERENCE_ERRORS, error_responses
+from app.routes.deps import get_state, wait_for_disconnect
 from app.schemas import (
     PipelineParameters,
     PipelineRequest,
@@ -32,7 +33,7 @@ from app.schemas import (
     as_list,
     ranked_predictions,
 )
-from app.service import ServeState, get_state, wait_for_disconnect
+from app.service import ServeState
 
 router = APIRouter(tags=["inference"])
 

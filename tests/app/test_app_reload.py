@@ -16,7 +16,8 @@ from app_testing import build_checkpoint, serve_config
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
 
-from app.engine import ClassifyJob, FillMaskJob, load_engine
+from app.jobs import ClassifyJob, FillMaskJob
+from app.loading import load_engine
 from app.main import create_app
 
 TOKEN = "s3cret-admin-token-0123456789"

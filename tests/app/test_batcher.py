@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.batcher import BatchQueue, CostModel, batch_work, plan_chunks
+from app.batcher import BatchQueue, batch_work
+from app.cost import CostModel, plan_chunks
 from app.errors import (
     ClientDisconnectedError,
     OverloadedError,

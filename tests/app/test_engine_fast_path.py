@@ -12,7 +12,8 @@ import pytest
 import torch
 from app_testing import build_checkpoint
 
-from app.engine import ClassifyJob, EmbedJob, FillMaskJob, load_engine
+from app.jobs import ClassifyJob, EmbedJob, FillMaskJob
+from app.loading import load_engine
 
 TEXTS = ["the [MASK] sat on the mat .", "a [MASK] of the [MASK] kind", "[MASK]"]
 

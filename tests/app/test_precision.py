@@ -16,7 +16,8 @@ from app_testing import serve_config
 from fastapi.testclient import TestClient
 
 from app import precision as precisions
-from app.engine import EmbedJob, FillMaskJob, load_engine
+from app.jobs import EmbedJob, FillMaskJob
+from app.loading import load_engine
 from app.main import create_app
 
 DEFAULT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"

@@ -26,7 +26,8 @@ import pytest
 from app_testing import build_checkpoint
 from helpers import ServeProcess, metric_value
 
-from app.engine import EmbedJob, FillMaskJob, load_engine
+from app.jobs import EmbedJob, FillMaskJob
+from app.loading import load_engine
 
 N_REQUESTS = 16
 GRACE_S = 10

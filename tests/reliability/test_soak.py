@@ -28,7 +28,8 @@ import pytest
 from app_testing import build_checkpoint
 from helpers import ServeProcess
 
-from app.engine import FillMaskJob, load_engine
+from app.jobs import FillMaskJob
+from app.loading import load_engine
 
 pytestmark = pytest.mark.long
 
