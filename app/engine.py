@@ -251,7 +251,9 @@ class Engine:
                 rows_p = [k for k in embed_rows if jobs[chunk[k][0]].pooling == pooling]
                 sel = torch.tensor(rows_p)
                 h, m = hidden.index_select(0, sel), attn.index_select(0, sel)  # (E, T, H), (E, T)
-                vectors = pool(h, m, pooling)  # (E, H)
+                # Pooled and normalized in fp32 whatever the encoder's matrices ran in: a unit
+                # vector has norm 1 to float32 rounding under every precision.
+                vectors = pool(h.float(), m, pooling)  # (E, H)
                 for r, k in enumerate(rows_p):
                     j, i, _ = chunk[k]
                     vec = vectors[r]  # (H,)

@@ -41,8 +41,8 @@ def load_engine(
 
     With ``root`` (a resolved models root), every file read must resolve inside it, so a symlink
     planted in a checkpoint directory cannot make the server read files elsewhere.
-    ``precision`` (``app.precision.PRECISIONS``) is tried after the fp32 model passed its self
-    test, and kept only if it passes the accuracy gate against fp32; else fp32 serves.
+    ``precision`` (``app.precision.PRECISIONS``) is chosen after the fp32 model passed its self
+    test (``choose_precision``).
     """
     t0 = time.perf_counter()
     directory = Path(directory)
@@ -69,7 +69,7 @@ def load_engine(
         capabilities=loaded.capabilities,
     )
     engine.self_test()
-    engine = _with_precision(engine, precision)
+    engine = choose_precision(engine, precision)
     engine.load_seconds = time.perf_counter() - t0
     logger.info(
         "loaded checkpoint %s as %s (%s, %s) in %.2fs",
@@ -82,26 +82,88 @@ def load_engine(
     return engine
 
 
-def _with_precision(engine: Engine, requested: str) -> Engine:
-    """The fp32 ``engine`` in the requested precision if that passes its accuracy gate."""
-    target, reason = precisions.resolve(requested)
-    report: dict[str, Any] = {"requested": requested, "reason": reason, "gate": None}
-    if target == "fp32":
+def choose_precision(engine: Engine, requested: str) -> Engine:
+    """The fp32 ``engine``, or a copy of it in the precision chosen for ``requested``.
+
+    ``fp32`` is taken as is. A configured ``bf16`` / ``int8`` serves if it can run here and
+    passes its accuracy gate, whatever its speed (a warning says when it is slower than fp32).
+    ``auto`` times fp32 and each candidate (``app.precision.auto_candidates``) on representative
+    batches and serves the fastest one that is ``MIN_SPEEDUP`` times as fast as fp32 and passes
+    its gate; else fp32. ``precision_report`` (``/info``) holds the timings, gates and reason.
+    """
+    precisions.check_precision(requested)
+    report: dict[str, Any] = {"requested": requested, "reason": "configured", "gate": None}
+    if requested == "fp32":
         engine.precision_report = report
         return engine
-    candidate = dataclasses.replace(
-        engine, model=precisions.convert(engine.model, target), precision=target
-    )
-    gate = precisions.measure(engine, candidate)
-    report["gate"] = gate.as_dict()
-    if gate.passed:
-        candidate.precision_report = report
-        return candidate
-    logger.warning(
-        "%s in %s fails its accuracy gate against fp32 (%s); serving fp32",
-        engine.path,
-        target,
-        gate.as_dict(),
-    )
-    engine.precision_report = {**report, "reason": f"{target} failed the accuracy gate"}
-    return engine
+    device = engine.model.device
+    if requested == "auto":
+        tried = precisions.auto_candidates(device)
+    else:
+        tried = {requested: precisions.unavailable(requested, device)}
+    candidates = {
+        p: dataclasses.replace(engine, model=precisions.convert(engine.model, p), precision=p)
+        for p, why in tried.items()
+        if why is None
+    }
+    report["candidates"] = {p: {"not_tried": why} for p, why in tried.items() if why is not None}
+    if not candidates:
+        engine.precision_report = {**report, "reason": _fp32_because(requested, report)}
+        return engine
+    seconds = precisions.time_engines({"fp32": engine, **candidates})
+    report["fp32_ms"] = round(seconds["fp32"] * 1000, 3)
+    speedup, gates = {}, {}
+    for p, candidate in candidates.items():
+        speedup[p] = seconds["fp32"] / seconds[p]
+        gates[p] = precisions.measure(engine, candidate)
+        report["candidates"][p] = {
+            "ms": round(seconds[p] * 1000, 3),
+            "speedup": round(speedup[p], 3),
+            "gate": gates[p].as_dict(),
+        }
+    if requested == "auto":
+        good = [p for p in candidates if gates[p].passed and speedup[p] >= precisions.MIN_SPEEDUP]
+        if not good:
+            engine.precision_report = {**report, "reason": _fp32_because(requested, report)}
+            return engine
+        chosen = max(good, key=speedup.__getitem__)
+        reason = (
+            f"auto: {chosen} is {speedup[chosen]:.2f}x as fast as fp32 here and passes its "
+            "accuracy gate"
+        )
+    else:
+        chosen = requested
+        if not gates[chosen].passed:
+            logger.warning(
+                "%s in %s fails its accuracy gate against fp32 (%s); serving fp32",
+                engine.path,
+                chosen,
+                gates[chosen].as_dict(),
+            )
+            report["gate"] = gates[chosen].as_dict()
+            engine.precision_report = {**report, "reason": f"{chosen} failed the accuracy gate"}
+            return engine
+        reason = f"configured ({speedup[chosen]:.2f}x fp32's speed here)"
+        if speedup[chosen] < 1.0:
+            logger.warning(
+                "%s: %s is configured but runs at %.2fx fp32's speed on this machine",
+                engine.path,
+                chosen,
+                speedup[chosen],
+            )
+    served = candidates[chosen]
+    served.precision_report = {**report, "reason": reason, "gate": gates[chosen].as_dict()}
+    return served
+
+
+def _fp32_because(requested: str, report: dict[str, Any]) -> str:
+    """Why fp32 serves although ``requested`` asked for another precision, per candidate."""
+    why = []
+    for p, c in report["candidates"].items():
+        if "not_tried" in c:
+            why.append(f"{p} {c['not_tried']}")
+        elif not c["gate"]["passed"]:
+            why.append(f"{p} fails its accuracy gate")
+        else:
+            why.append(f"{p} is {c['speedup']:.2f}x fp32 (below {precisions.MIN_SPEEDUP}x)")
+    return f"{requested}: fp32, as " + "; ".join(why)

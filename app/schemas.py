@@ -230,6 +230,7 @@ class ReloadResponse(BaseModel):
     previous: str | None
     sha256: str
     load_seconds: float
+    precision: str  # what the new model computes in (its /info says why)
 
 
 class ErrorResponse(BaseModel):

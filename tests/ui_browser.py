@@ -170,7 +170,17 @@ def submit(driver: Any, panel: str, field: str, text: str | None, keys: str) -> 
     )
     if text is not None:
         element.clear()
-        element.send_keys(text)
+        if all(ord(c) <= 0xFFFF for c in text):
+            element.send_keys(text)
+        else:
+            # Some ChromeDriver releases refuse keys outside the BMP (emoji): set the value as
+            # the page would receive it from typing, one input event.
+            driver.execute_script(
+                "arguments[0].value = arguments[1];"
+                "arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+                element,
+                text,
+            )
     element.send_keys(keys)
 
     def answered(d: Any) -> Any:

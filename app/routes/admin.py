@@ -22,8 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.errors import ConflictError, InputValidationError, NotFoundError, UnauthorizedError
-from app.middleware import VERSION_HEADER
-from app.routes.common import error_responses
+from app.routes.common import error_responses, model_headers
 from app.routes.deps import get_state
 from app.schemas import ReloadRequest, ReloadResponse
 from app.service import ServeState
@@ -92,6 +91,7 @@ async def reload(request: Request, state: ServeState = Depends(get_state)) -> JS
             "previous": previous.version if previous else None,
             "sha256": engine.sha256,
             "load_seconds": round(engine.load_seconds, 3),
+            "precision": engine.precision,
         },
-        headers={VERSION_HEADER: engine.version},
+        headers=model_headers(engine),
     )

@@ -1,10 +1,17 @@
-"""Shared bits of the routers: the error responses documented in OpenAPI."""
+"""Shared bits of the routers: the error responses documented in OpenAPI, and the headers that
+say which model (version and precision) computed an answer."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.engine import Engine
+from app.middleware import VERSION_HEADER
 from app.schemas import ErrorResponse
+
+# What the model computed in (fp32, bf16 or int8): scores then differ from an fp32 reference by
+# that precision's rounding, and a client comparing numbers can tell why without asking /info.
+PRECISION_HEADER = "X-Model-Precision"
 
 _DESCRIPTIONS = {
     400: "The serving model cannot do this (error_type Unsupported): e.g. fill-mask without an "
@@ -26,3 +33,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 INFERENCE_ERRORS = error_responses(413, 422, 429, 503, 504)
+
+
+def model_headers(engine: Engine) -> dict[str, str]:
+    """The headers of an answer computed by ``engine``: its version and its precision."""
+    return {VERSION_HEADER: engine.version, PRECISION_HEADER: engine.precision}

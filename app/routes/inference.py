@@ -13,8 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.errors import InputValidationError
-from app.middleware import VERSION_HEADER
-from app.routes.common import INFERENCE_ERRORS, error_responses
+from app.routes.common import INFERENCE_ERRORS, error_responses, model_headers
 from app.routes.deps import get_state, wait_for_disconnect
 from app.schemas import (
     EmbedRequest,
@@ -55,7 +54,7 @@ async def fill_mask(
     )
     return JSONResponse(
         {"model": engine.version, "predictions": predictions},
-        headers={VERSION_HEADER: engine.version},
+        headers=model_headers(engine),
     )
 
 
@@ -74,7 +73,7 @@ async def embed(
         direction=body.truncation_direction.lower(),
         disconnected=lambda: wait_for_disconnect(request),
     )
-    return JSONResponse(vectors, headers={VERSION_HEADER: engine.version})
+    return JSONResponse(vectors, headers=model_headers(engine))
 
 
 @router.post(
@@ -100,7 +99,7 @@ async def predict(
         direction=body.truncation_direction.lower(),
         disconnected=lambda: wait_for_disconnect(request),
     )
-    response.headers[VERSION_HEADER] = engine.version
+    response.headers.update(model_headers(engine))
     predictions = ranked_predictions(ranked)
     return predictions[0] if single else predictions
 
@@ -138,7 +137,7 @@ async def openai_embeddings(
             "model": engine.version,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         },
-        headers={VERSION_HEADER: engine.version},
+        headers=model_headers(engine),
     )
 
 
@@ -149,4 +148,4 @@ async def tokenize(body: TokenizeRequest, state: ServeState = Depends(get_state)
     """Tokens of each input with ids and character offsets (start, stop) into the input."""
     texts, _ = as_list(body.inputs)
     engine, tokens = await state.tokenize(texts, add_special_tokens=body.add_special_tokens)
-    return JSONResponse(tokens, headers={VERSION_HEADER: engine.version})
+    return JSONResponse(tokens, headers=model_headers(engine))

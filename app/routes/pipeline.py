@@ -22,8 +22,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from app.errors import InputValidationError
-from app.middleware import VERSION_HEADER
-from app.routes.common import INFERENCE_ERRORS, error_responses
+from app.routes.common import INFERENCE_ERRORS, error_responses, model_headers
 from app.routes.deps import get_state, wait_for_disconnect
 from app.schemas import (
     PipelineParameters,
@@ -64,7 +63,7 @@ async def pipeline(
         engine, scores = await state.similarity(
             body.inputs.source_sentence, body.inputs.sentences, disconnected=disconnected
         )
-        return JSONResponse(scores, headers={VERSION_HEADER: engine.version})
+        return JSONResponse(scores, headers=model_headers(engine))
     if body.parameters is not None:
         if given:
             raise InputValidationError(
@@ -83,7 +82,7 @@ async def pipeline(
             # InferenceClient.text_classification indexes with [0].
             return JSONResponse(
                 jsonable_encoder(ranked_predictions(ranked)),
-                headers={VERSION_HEADER: engine.version},
+                headers=model_headers(engine),
             )
         targets = [params.targets] if isinstance(params.targets, str) else params.targets
         engine, predictions = await state.fill_mask(
@@ -97,7 +96,7 @@ async def pipeline(
         # mask; a single text (or a list of one) gives that input's result alone.
         per_input = [masks[0] if len(masks) == 1 else masks for masks in predictions]
         result = per_input[0] if single or len(per_input) == 1 else per_input
-        return JSONResponse(result, headers={VERSION_HEADER: engine.version})
+        return JSONResponse(result, headers=model_headers(engine))
     texts, _ = as_list(body.inputs)
     engine, vectors, _ = await state.embed(
         texts,
@@ -107,7 +106,7 @@ async def pipeline(
         direction=(body.truncation_direction or "right").lower(),
         disconnected=disconnected,
     )
-    return JSONResponse(vectors, headers={VERSION_HEADER: engine.version})
+    return JSONResponse(vectors, headers=model_headers(engine))
 
 
 def _asks_for_classification(

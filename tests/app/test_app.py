@@ -36,7 +36,16 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(checkpoint):
+    """A server at the suite's precision (fp32, or what a CI pass forces): for assertions that
+    hold under every precision."""
     with TestClient(create_app(serve_config(checkpoint))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def fp32_client(checkpoint):
+    """A server pinned to fp32: for answers compared with transformers' fp32 ones to 1e-5."""
+    with TestClient(create_app(serve_config(checkpoint, precision="fp32"))) as c:
         yield c
 
 
@@ -51,14 +60,14 @@ def hf(checkpoint):
 # --- parity with transformers ------------------------------------------------------------------
 
 
-def test_fill_mask_matches_transformers_pipeline(client, hf):
+def test_fill_mask_matches_transformers_pipeline(fp32_client, hf):
     from transformers import pipeline
 
     hf_tok, hf_model = hf
-    ours_vocab = client.get("/info").json()["model"]["vocab_size"]
+    ours_vocab = fp32_client.get("/info").json()["model"]["vocab_size"]
     assert len(hf_tok) == ours_vocab == hf_model.config.vocab_size
     pipe = pipeline("fill-mask", model=hf_model, tokenizer=hf_tok, device="cpu")
-    r = client.post("/fill-mask", json={"inputs": TEXTS, "top_k": 5})
+    r = fp32_client.post("/fill-mask", json={"inputs": TEXTS, "top_k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == r.headers["x-model-version"]
@@ -80,13 +89,13 @@ def test_fill_mask_matches_transformers_pipeline(client, hf):
     assert body["predictions"][0][0][0]["score"] > 5 / ours_vocab
 
 
-def test_fill_mask_targets_match_transformers_pipeline(client, hf):
+def test_fill_mask_targets_match_transformers_pipeline(fp32_client, hf):
     from transformers import pipeline
 
     hf_tok, hf_model = hf
     pipe = pipeline("fill-mask", model=hf_model, tokenizer=hf_tok, device="cpu")
     targets = ["the", "a", "of", "that"]
-    r = client.post("/fill-mask", json={"inputs": TEXTS[0], "targets": targets, "top_k": 3})
+    r = fp32_client.post("/fill-mask", json={"inputs": TEXTS[0], "targets": targets, "top_k": 3})
     assert r.status_code == 200, r.text
     ours = r.json()["predictions"][0][0]
     theirs = pipe(TEXTS[0], targets=targets, top_k=3)
@@ -98,13 +107,15 @@ def test_fill_mask_targets_match_transformers_pipeline(client, hf):
         rtol=0,
     )
     # top_k larger than the targets gives every target once, best first.
-    r = client.post("/fill-mask", json={"inputs": TEXTS[0], "targets": ["the", "a"], "top_k": 9})
+    r = fp32_client.post(
+        "/fill-mask", json={"inputs": TEXTS[0], "targets": ["the", "a"], "top_k": 9}
+    )
     cands = r.json()["predictions"][0][0]
     assert sorted(c["token_str"] for c in cands) == ["a", "the"]
     assert cands[0]["score"] >= cands[1]["score"]
 
 
-def test_embed_matches_hf_mean_pooling(client, hf):
+def test_embed_matches_hf_mean_pooling(fp32_client, hf):
     hf_tok, hf_model = hf
     texts = ["an entity that has physical existence .", "abstraction", "a general concept"]
     enc = hf_tok(texts, padding=True, return_tensors="pt")
@@ -115,7 +126,7 @@ def test_embed_matches_hf_mean_pooling(client, hf):
     cls = hidden[:, 0]
 
     def embed(**kw):
-        r = client.post("/embed", json={"inputs": texts, **kw})
+        r = fp32_client.post("/embed", json={"inputs": texts, **kw})
         assert r.status_code == 200, r.text
         assert r.headers["x-model-version"]
         return torch.tensor(r.json())
@@ -126,7 +137,7 @@ def test_embed_matches_hf_mean_pooling(client, hf):
     )
     torch.testing.assert_close(embed(normalize=False, pooling="cls"), cls, atol=1e-5, rtol=1e-4)
     # A single string gives a list of one embedding, like TEI.
-    single = client.post("/embed", json={"inputs": texts[1], "normalize": False}).json()
+    single = fp32_client.post("/embed", json={"inputs": texts[1], "normalize": False}).json()
     torch.testing.assert_close(torch.tensor(single), mean[1:2], atol=1e-5, rtol=1e-4)
 
 
@@ -241,8 +252,10 @@ def test_health_live_info_metrics_and_docs(client, checkpoint):
     assert info["admin_api"] is False
     client.post("/fill-mask", json={"inputs": TEXTS[0]})
     text = client.get("/metrics").text
+    precision = model["precision"]["effective"]
+    assert precision == client.app.state.serve.config.precision  # pinned: fp32 or a CI pass's
     labels = (
-        f'kind="BertForMaskedLM",num_labels="0",precision="fp32",'
+        f'kind="BertForMaskedLM",num_labels="0",precision="{precision}",'
         f'sha256="{sha}",version="tiny-{sha[:12]}"'
     )
     assert f"bert_model_info{{{labels}}} 1.0" in text

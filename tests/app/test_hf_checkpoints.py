@@ -90,8 +90,13 @@ def _legacy_st_dir(directory, base):
 def client(models):
     token = models.parent / "hf-token"
     token.write_text(TOKEN)
+    # Pinned: every answer here is compared with transformers / sentence-transformers in fp32.
     config = serve_config(
-        models / "mlm30k", models_root=models, admin_token_file=token, max_input_tokens=128
+        models / "mlm30k",
+        models_root=models,
+        admin_token_file=token,
+        max_input_tokens=128,
+        precision="fp32",
     )
     with TestClient(create_app(config)) as c:
         yield c

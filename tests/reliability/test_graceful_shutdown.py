@@ -49,7 +49,7 @@ def _request(i: int) -> tuple[str, dict]:
 
 def _expected(checkpoint) -> list:
     """The answer to each request, computed in-process from the same checkpoint."""
-    engine = load_engine(checkpoint, max_input_tokens=64)
+    engine = load_engine(checkpoint, max_input_tokens=64, precision="fp32")
     out = []
     for i in range(N_REQUESTS):
         path, body = _request(i)
@@ -78,6 +78,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tmp_path, figures, one_t
         max_wait_ms=BATCH_WAIT_MS,
         max_batch_size=64,
         graceful_shutdown_s=GRACE_S,
+        precision="fp32",  # the expected answers are computed in process in fp32
     )
     limits = httpx.Limits(max_connections=2 * N_REQUESTS)
     with server, ThreadPoolExecutor(N_REQUESTS) as pool, httpx.Client(limits=limits) as client:

@@ -182,7 +182,8 @@ def test_bert_eval_cloze_equals_fill_mask_server(one_torch_thread, capsys):
     offline = json.loads(capsys.readouterr().out)
     assert offline["items"] == 80 and set(offline["by_corpus"]) == {p.name for p in VALID}
 
-    config = serve_config(DEFAULT, max_input_tokens=128, max_batch_tokens=4096)
+    # Pinned: bert-eval computes in fp32 in process; the server must too for equal answers.
+    config = serve_config(DEFAULT, max_input_tokens=128, max_batch_tokens=4096, precision="fp32")
     with TestClient(create_app(config)) as c:
         preds = []
         for s in range(0, len(items), 8):
