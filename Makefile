@@ -11,7 +11,7 @@ CHECKPOINT ?= checkpoints/default
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-slow reliability lint format bench clean docker-smoke docker-scale-smoke ui-screenshot
+.PHONY: install serve test test-bf16 test-slow reliability lint format bench clean docker-smoke docker-scale-smoke ui-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The serving tests again with bf16 forced on every test server that does not pin a precision
+# itself (parity tests pin fp32): bf16 answers are checked on every CPU, emulated where the CPU
+# has no native bf16. CI runs it after `make test`.
+test-bf16: install
+	BERT_SERVE_PRECISION=bf16 $(BIN)/python -m pytest -q tests/app \
+		tests/reliability/test_graceful_shutdown.py tests/training/test_cloze.py
 
 # The README's picture of the page at /: every panel filled in, against CHECKPOINT, in headless
 # Chromium (sudo apt-get install -y chromium chromium-driver).
