@@ -5,7 +5,8 @@ environment variables (``BERT_SERVE_<FIELD>``), a YAML file (``--config serve.ya
 Unknown keys are errors in the YAML file and in ``BERT_SERVE_*`` variables, so that a typo never
 silently falls back to a default. Cross-field checks live in one validator.
 
-This module does not read checkpoints, start anything or touch torch; it only describes settings.
+This module does not read checkpoints, start anything or touch torch; it only describes settings
+(and reads the secret files it names).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from app.auth import MIN_SECRET_CHARS, ApiKeys, KeyFileError
 
 ENV_PREFIX = "BERT_SERVE_"
 
@@ -58,6 +61,18 @@ class ServeConfig(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="Admin bearer token.")
     admin_token_file: Path | None = Field(
         default=None, description="File holding the admin bearer token (enables /admin)."
+    )
+    # The inference API is open unless an API key is configured; then every route but /health,
+    # /live, /metrics, the docs and the page's static files needs ``Authorization: Bearer <key>``.
+    # The file holds one key a line and is re-read when it changes (rotation without a restart).
+    api_key: SecretStr | None = Field(default=None, description="API key for inference routes.")
+    api_key_file: Path | None = Field(
+        default=None, description="File of API keys, one a line (re-read when it changes)."
+    )
+    # Browsers on these origins may call the API (CORS); empty means no CORS headers at all.
+    # ``*`` allows any origin. A comma-separated string is accepted from the CLI and env.
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser."
     )
 
     # --- HTTP ----------------------------------------------------------------------------------
@@ -132,7 +147,17 @@ class ServeConfig(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
 
-    @field_validator("admin_token", "admin_token_file", mode="before")
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):  # JSON, as pydantic-settings passes list env values
+                return value
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("admin_token", "admin_token_file", "api_key", "api_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # Compose passes `BERT_SERVE_ADMIN_TOKEN=` when no token is configured: that means "off".
@@ -154,6 +179,11 @@ class ServeConfig(BaseSettings):
             raise ValueError("watch=true needs models_root (the directory holding `current`)")
         if self.admin_token is not None and self.admin_token_file is not None:
             raise ValueError("set admin_token or admin_token_file, not both")
+        for origin in self.cors_allow_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"cors_allow_origins: {origin!r} is not an origin (scheme://host[:port]) or *"
+                )
         if self.checkpoint is None and not self.watch:
             raise ValueError("checkpoint is required (or watch=true with a models_root/current)")
         return self
@@ -185,10 +215,20 @@ class ServeConfig(BaseSettings):
                 ) from None
         else:
             return None
-        if len(value) < 16:
+        if len(value) < MIN_SECRET_CHARS:
             # A short token is guessable; refusing it beats silently running a weak admin API.
-            raise ConfigFileError("the admin token must be at least 16 characters")
+            raise ConfigFileError(f"the admin token must be at least {MIN_SECRET_CHARS} characters")
         return value
+
+    def read_api_keys(self) -> ApiKeys | None:
+        """The accepted API keys, or None when the inference API is open (no key configured)."""
+        if self.api_key is None and self.api_key_file is None:
+            return None
+        key = None if self.api_key is None else self.api_key.get_secret_value().strip()
+        try:
+            return ApiKeys(key, self.api_key_file)
+        except KeyFileError as e:
+            raise ConfigFileError(str(e)) from None
 
     def batching_settings(self) -> dict[str, Any]:
         """The effective batching limits (batching off: one request per batch, no wait)."""

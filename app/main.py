@@ -5,7 +5,7 @@ The lifespan loads the model and starts the batch worker (``ServeState.start``) 
 admin token file, so a bad one fails before the server binds a port). The browser page at ``/``
 (``app.routes.ui``) is mounted unless ``ui`` is off.
 
-Middleware, outermost first: the in-flight count (``InFlight``, which the graceful shutdown in
+Middleware, outermost first: CORS (only with ``cors_allow_origins``), the in-flight count (``InFlight``, which the graceful shutdown in
 ``app.cli`` waits on), observability (request metrics, ``X-Model-Version`` on every response),
 then the body-size limit.
 """
@@ -16,12 +16,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.config import ServeConfig
 from app.errors import install_error_handlers
 from app.metrics import ServeMetrics
 from app.middleware import (
+    VERSION_HEADER,
     BodyLimitMiddleware,
     InFlight,
     InFlightMiddleware,
@@ -29,6 +31,8 @@ from app.middleware import (
 )
 from app.registry import ModelRegistry
 from app.routes import admin, inference, ops, pipeline, ui
+from app.routes.common import PRECISION_HEADER
+from app.routes.deps import require_api_key
 from app.service import ServeState
 
 logger = logging.getLogger(__name__)
@@ -40,7 +44,9 @@ batching and hot-swap. `GET /info` says what the serving model can do; `POST /` 
 `huggingface_hub.InferenceClient` sends.
 
 Every error is `{"error": "<message>", "error_type": "<Kind>"}`; every response carries
-`X-Model-Version`. The admin API (`/admin/*`) answers 404 unless an admin token is configured.
+`X-Model-Version` (and answers `X-Model-Precision`). With API keys configured, every route but
+`/health`, `/live`, `/metrics` and the docs needs `Authorization: Bearer <key>`. The admin API
+(`/admin/*`) answers 404 unless an admin token (a separate credential) is configured.
 """
 
 
@@ -66,8 +72,10 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
     app.state.serve = state
     app.state.in_flight = in_flight = InFlight(metrics)
     install_error_handlers(app)
-    app.include_router(inference.router)
-    app.include_router(pipeline.router)
+    # With API keys configured every inference route needs one; without, require_api_key passes.
+    protected = [Depends(require_api_key)]
+    app.include_router(inference.router, dependencies=protected)
+    app.include_router(pipeline.router, dependencies=protected)
     app.include_router(ops.router)
     if state.admin_token is not None:
         # Without a token the routes are not mounted at all: every method on /admin/* is 404
@@ -84,4 +92,15 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
         ObservabilityMiddleware, metrics=metrics, version=lambda: state.registry.version
     )
     app.add_middleware(InFlightMiddleware, counter=in_flight)
+    if config.cors_allow_origins:
+        # Outermost: a browser's preflight (OPTIONS) is answered before authentication, limits
+        # or routing, and every answer, errors included, carries the CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=[VERSION_HEADER, PRECISION_HEADER, "Retry-After"],
+            max_age=600,
+        )
     return app

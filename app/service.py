@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 
 from app.batcher import BatchQueue, Pending
-from app.config import ServeConfig
+from app.config import ConfigFileError, ServeConfig
 from app.engine import Engine
 from app.errors import InputValidationError, UnhealthyError, UnsupportedError
 from app.jobs import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, FillMaskJob, Job
@@ -69,6 +69,9 @@ class ServeState:
         self.metrics = metrics or ServeMetrics()
         self.registry = registry or ModelRegistry(config, self.metrics)
         self.admin_token = config.read_admin_token()
+        self.api_keys = config.read_api_keys()  # None: the inference API is open
+        if self.admin_token is not None and self.api_keys and self.api_keys.check(self.admin_token):
+            raise ConfigFileError("the admin token must differ from every API key")
         self.batcher: BatchQueue | None = None
         self.draining = False  # set on SIGTERM: readiness goes 503 while requests finish
         self.started_at = time.time()

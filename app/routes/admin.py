@@ -13,47 +13,21 @@ refused (409) rather than silently undone at the next poll.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.errors import ConflictError, InputValidationError, NotFoundError, UnauthorizedError
+from app.errors import ConflictError, InputValidationError
 from app.routes.common import error_responses, model_headers
-from app.routes.deps import get_state
+from app.routes.deps import get_state, require_admin
 from app.schemas import ReloadRequest, ReloadResponse
 from app.service import ServeState
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-async def require_admin(request: Request, state: ServeState = Depends(get_state)) -> None:
-    """404 when the admin API is off; 401 unless the bearer token matches."""
-    expected = state.admin_token
-    if expected is None:
-        raise NotFoundError("Not Found")
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    given = credentials.strip().encode("utf-8", "replace")
-    ok = hmac.compare_digest(
-        hashlib.sha256(given).digest(), hashlib.sha256(expected.encode("utf-8")).digest()
-    )
-    if scheme.lower() != "bearer" or not ok:
-        if not scheme:
-            why = "no Authorization header"
-        elif scheme.lower() != "bearer":
-            why = "not a Bearer credential"
-        else:
-            why = "wrong token"
-        client = request.client.host if request.client else "unknown"
-        logger.warning(
-            "admin: refused %s %s from %s: %s", request.method, request.url.path, client, why
-        )
-        raise UnauthorizedError()
 
 
 @router.post(

@@ -16,7 +16,7 @@ PRECISION_HEADER = "X-Model-Precision"
 _DESCRIPTIONS = {
     400: "The serving model cannot do this (error_type Unsupported): e.g. fill-mask without an "
     "MLM head, text classification without a classification head; /info says what it can do.",
-    401: "Missing or wrong bearer token.",
+    401: "Missing or wrong bearer token (the API key, where API keys are configured).",
     404: "Not found (the admin API answers 404 when no admin token is configured).",
     409: "Conflicts with the server's mode.",
     413: "Request body too large.",
@@ -32,7 +32,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": _DESCRIPTIONS[c]} for c in codes}
 
 
-INFERENCE_ERRORS = error_responses(413, 422, 429, 503, 504)
+INFERENCE_ERRORS = error_responses(401, 413, 422, 429, 503, 504)
 
 
 def model_headers(engine: Engine) -> dict[str, str]:

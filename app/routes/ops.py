@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from app.errors import UnhealthyError
 from app.routes.common import error_responses
-from app.routes.deps import get_state
+from app.routes.deps import get_state, require_api_key
 from app.service import ServeState
 
 router = APIRouter(tags=["operations"])
@@ -30,7 +30,7 @@ async def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/info")
+@router.get("/info", dependencies=[Depends(require_api_key)], responses=error_responses(401))
 async def info(state: ServeState = Depends(get_state)) -> dict[str, Any]:
     """The serving model (version, sha256, config), limits and batching settings."""
     cfg = state.config
@@ -51,6 +51,7 @@ async def info(state: ServeState = Depends(get_state)) -> dict[str, Any]:
         },
         "batching": cfg.batching_settings(),
         "admin_api": state.admin_token is not None,
+        "api_keys": state.api_keys is not None,  # whether inference routes need a key
         "watch": cfg.watch,
     }
 
