@@ -254,7 +254,7 @@ class BertForMaskedLM(nn.Module):
     encoder alone (transformers' BertModel, e.g. a sentence-transformers checkpoint): `encode`
     and `embed` work, `forward` (MLM logits) raises ModelInputError. `classifier=True` adds a
     text classifier over `config.labels` (transformers' BertForSequenceClassification or
-    RoFormerForSequenceClassification head): `classify` gives its logits.
+    RoFormerForSequenceClassification head, one label or more): `classify` gives its logits.
     """
 
     def __init__(
@@ -511,8 +511,13 @@ class BertForMaskedLM(nn.Module):
         labels: Tensor | None = None,
         class_weights: Tensor | None = None,
     ) -> ClassifierOutput:
-        """Class logits (B, num_labels) from the [CLS] vectors (+ cross-entropy given labels (B,),
-        weighted per class by class_weights (num_labels,) if given).
+        """Class logits (B, num_labels) from the [CLS] vectors, with the loss given labels.
+
+        Sentence pairs pass their token_type_ids (0 for ``[CLS] A [SEP]``, 1 for ``B [SEP]``).
+        The loss follows `config.classifier_problem`, as transformers': single-label
+        classification takes class ids (B,) and gives cross-entropy, weighted per class by
+        class_weights (num_labels,) if given; regression takes targets (B,) for one label or
+        (B, num_labels) and gives the mean squared error.
 
         The last layer runs at the [CLS] rows only (as the fill-mask fast path does).
         """
@@ -522,15 +527,28 @@ class BertForMaskedLM(nn.Module):
         cls_rows[:, 0] = True
         cls, _ = self._encoder(input_ids, attention_mask, token_type_ids, cls_rows)  # (B, H)
         logits = self.classifier(cls)  # (B, C)
-        loss = None
-        if labels is not None:
-            if labels.shape != (input_ids.shape[0],):
-                raise ModelInputError(
-                    f"labels must be one class id per row {(input_ids.shape[0],)}, "
-                    f"got {tuple(labels.shape)}"
-                )
-            loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        loss = None if labels is None else self._classifier_loss(logits, labels, class_weights)
         return ClassifierOutput(logits=logits, loss=loss)
+
+    def _classifier_loss(
+        self, logits: Tensor, labels: Tensor, class_weights: Tensor | None
+    ) -> Tensor:
+        B, C = logits.shape
+        if self.config.classifier_problem == "regression":
+            if class_weights is not None:
+                raise ModelInputError("class_weights apply to classification, not regression")
+            shape = (B,) if C == 1 else (B, C)
+            if tuple(labels.shape) != shape or not labels.is_floating_point():
+                raise ModelInputError(
+                    f"regression labels must be float targets shaped {shape}, got "
+                    f"{labels.dtype} {tuple(labels.shape)}"
+                )
+            return F.mse_loss(logits.float().view(shape), labels.float())
+        if labels.shape != (B,):
+            raise ModelInputError(
+                f"labels must be one class id per row {(B,)}, got {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits.float(), labels, weight=class_weights)
 
     def embed(
         self,

@@ -246,7 +246,7 @@ def save_checkpoint(model: Any, directory: str | Path) -> None:
     directory = Path(directory)
     config: BertConfig = model.config
     if model.classifier is None and config.labels:  # an encoder saved without its classifier
-        config = dataclasses.replace(config, labels=())
+        config = dataclasses.replace(config, labels=(), problem_type=None)
     headless = model.mlm_head is None and model.classifier is None
     prefix = "" if headless else base_prefix(config)
     tensors: dict[str, Tensor] = {}

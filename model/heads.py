@@ -9,8 +9,8 @@ weights load and save under transformers' names (`model/weights.py`):
   `classifier.out_proj`); both read the [CLS] vector only, with dropout where transformers has it.
 `pool` turns token vectors into sentence embeddings as sentence-transformers does.
 
-Deliberately not handled: regression and multi-label heads (one label per text only), token
-classification, and poolers other than [CLS] for classifiers (transformers could not open them).
+Deliberately not handled: multi-label heads, token classification, and poolers other than [CLS]
+for classifiers (transformers could not open them).
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ class ClassificationHead(nn.Module):
 
     BERT (absolute positions): pooled = tanh(dense(cls)); logits = out(dropout(pooled)).
     RoFormer (rotary): logits = out(dropout(act(dense(dropout(cls))))).
-    One label per text (`config.labels`, in id order).
+    One logit per label (`config.labels`, in id order); one label is a reranker's score.
     """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         if not config.labels:
-            raise ModelInputError("a classification head needs config.labels (at least two)")
+            raise ModelInputError("a classification head needs config.labels (at least one)")
         self.roformer = config.position_embedding_type == "rotary"
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.out = nn.Linear(config.hidden_size, len(config.labels))
