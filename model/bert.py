@@ -19,7 +19,8 @@ numbers (parity is tested against transformers to 1e-5):
   the (T, H) x (H, V) projection costs more than the whole encoder. With
   `return_hidden=False` the last layer, too, runs only at those positions (its keys and values
   still cover every token), which saves most of one layer. `classify` uses the same trick:
-  its last layer runs at the [CLS] rows only.
+  its last layer runs at the [CLS] rows only, and `splade` (SPLADE vectors) projects only the
+  tokens it pools.
 
 Deliberately not handled: relative position embeddings, decoders / cross-attention / KV caches,
 untied output embeddings, attention-probability outputs, gradient checkpointing.
@@ -35,9 +36,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import POOLINGS, BertConfig
+from model.config import POOLINGS, SPLADE_ACTIVATIONS, SPLADE_POOLINGS, BertConfig
 from model.errors import ModelInputError
-from model.heads import ACTIVATIONS, INPLACE_ACTIVATIONS, ClassificationHead, MLMHead, NSPHead, pool
+from model.heads import (
+    ACTIVATIONS,
+    INPLACE_ACTIVATIONS,
+    ClassificationHead,
+    MLMHead,
+    NSPHead,
+    pool,
+    splade_weights,
+    top_k_dims,
+)
 from model.rotary import apply_rotary
 
 IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
@@ -563,6 +573,55 @@ class BertForMaskedLM(nn.Module):
             raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         return pool(hidden, attention_mask, pooling, normalize)
+
+    def splade(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        *,
+        pooling: str = "max",
+        activation: str = "relu",
+        max_active_dims: int | None = None,
+    ) -> Tensor:
+        """SPLADE sparse vectors (B, V): `model.heads.splade` of this model's MLM logits, with
+        the same arguments (the `Capabilities.splade_*` of a SparseEncoder directory).
+
+        Only the pooled tokens (not padding, not special if special_tokens_mask is given) are
+        projected to the vocabulary, through the fill-mask fast path: no (B, T, V) logits.
+        """
+        if self.mlm_head is None:
+            raise ModelInputError(
+                "this model has no masked-language-model head: SPLADE vectors need its logits"
+            )
+        if pooling not in SPLADE_POOLINGS or activation not in SPLADE_ACTIVATIONS:
+            raise ModelInputError(
+                f"SPLADE pooling must be one of {SPLADE_POOLINGS} and activation one of "
+                f"{SPLADE_ACTIVATIONS}, got {pooling!r} and {activation!r}"
+            )
+        B, T = input_ids.shape
+        keep = torch.ones((B, T), dtype=torch.bool, device=input_ids.device)  # (B, T)
+        if attention_mask is not None:
+            keep &= attention_mask.bool()
+        if special_tokens_mask is not None:
+            if tuple(special_tokens_mask.shape) != (B, T):
+                raise ModelInputError(
+                    f"special_tokens_mask must be {(B, T)}, got {tuple(special_tokens_mask.shape)}"
+                )
+            keep &= ~special_tokens_mask.bool()
+        logits = self.forward(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            prediction_mask=keep,
+            return_hidden=self.nsp_head is not None,
+        ).logits  # (N, V), rows in row-major order of keep
+        w = splade_weights(logits, activation)  # (N, V)
+        rows = keep.nonzero()[:, :1].expand_as(w)  # (N, V): the batch row of each logit row
+        out = w.new_zeros((B, w.shape[-1]))  # (B, V); 0 is below every weight
+        out.scatter_reduce_(0, rows, w, reduce="amax" if pooling == "max" else "sum")
+        return top_k_dims(out, max_active_dims)  # (B, V)
 
     # -- checkpoints -----------------------------------------------------------------------------
 

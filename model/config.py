@@ -390,14 +390,21 @@ class BertConfig:
 def _classifier_labels(data: dict[str, Any]) -> tuple[str, ...]:
     """The labels of a sequence classifier's config (id2label in id order); () for other models.
 
-    transformers writes id2label into every config (LABEL_0, LABEL_1 by default); only a config
-    whose `architectures` names a ...ForSequenceClassification means them.
+    transformers writes id2label into most configs (LABEL_0, LABEL_1 by default); only a config
+    whose `architectures` names a ...ForSequenceClassification means them. transformers 5 leaves
+    id2label out for its default of two labels: without it, `num_labels` (default 2) gives
+    LABEL_0, LABEL_1, ... as transformers reads it.
     """
     if "labels" in data:  # ours, built in code or from to_dict() of a test
         return tuple(data["labels"]) if isinstance(data["labels"], list) else data["labels"]
     if not any(str(a).endswith(CLASSIFIER_SUFFIX) for a in data.get("architectures") or ()):
         return ()
     raw = data.get("id2label")
+    if raw is None:
+        num = data.get("num_labels", 2)
+        if not _is_int(num) or num < 1:
+            raise ConfigError(f"config num_labels must be a positive integer, got {num!r}")
+        return tuple(f"LABEL_{i}" for i in range(num))
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("a sequence classifier's config needs id2label (label names by id)")
     try:

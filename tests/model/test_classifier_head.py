@@ -195,6 +195,8 @@ def test_one_label_and_regression_heads_match_transformers_on_pairs(
         (("score",), "regression", "regression"),  # the default for one label: stored as None
         (("a", "b", "c"), "regression", "regression"),
         (("a", "b"), None, "single_label_classification"),
+        # transformers 5 leaves id2label out for its default two labels.
+        (("LABEL_0", "LABEL_1"), None, "single_label_classification"),
     ],
 )
 def test_classifier_configs_round_trip_through_transformers(
@@ -212,6 +214,8 @@ def test_classifier_configs_round_trip_through_transformers(
     assert (hf.config.num_labels, hf.config.problem_type) == (len(labels), written)
     assert hf.config.id2label == dict(enumerate(labels))
     hf.save_pretrained(tmp_path / "hf")
+    written_back = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert ("id2label" in written_back) == (labels != ("LABEL_0", "LABEL_1"))
     back = load_checkpoint(tmp_path / "hf", BertForMaskedLM).model.config
     assert back == cfg  # labels and problem type, every other field too
     assert BertConfig.from_dict(cfg.to_dict()) == cfg
