@@ -14,9 +14,10 @@ All validation lives in `__post_init__` and `from_dict`; both raise `ConfigError
 
 Deliberately not handled: HF options that change the architecture (relative position embeddings,
 decoders and cross-attention, untied output embeddings, pruned heads, ALBERT-style factorised
-embeddings) and multi-label classification heads (`problem_type` "multi_label_classification"). `from_dict` refuses them with a `ConfigError` rather than silently running a
-different model. Keys that are pure metadata (versions, dtypes, labels, generation defaults) are
-accepted and dropped; any other unknown key is an error, so a typo never goes unnoticed.
+embeddings) and multi-label classification heads (`problem_type` "multi_label_classification").
+`from_dict` refuses them with a `ConfigError` rather than silently running a different model.
+Keys that are pure metadata (versions, dtypes, labels, generation defaults) are accepted and
+dropped; any other unknown key is an error, so a typo never goes unnoticed.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ PROBLEM_TYPES = ("single_label_classification", "regression")
 SPLADE_POOLINGS = ("max", "sum")
 SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
 # What turns a classifier's logits into the scores sentence-transformers' CrossEncoder.predict
-# returns (model.heads.SCORE_ACTIVATIONS; "identity": the logits themselves).
+# returns (model.heads.SCORE_FUNCTIONS, activate_scores; "identity": the logits themselves).
 SCORE_ACTIVATIONS = ("identity", "sigmoid", "softmax", "tanh")
 
 # HF config keys that do not change the computation of a BERT encoder with an MLM head: metadata,
