@@ -19,7 +19,8 @@ numbers (parity is tested against transformers to 1e-5):
   the (T, H) x (H, V) projection costs more than the whole encoder. With
   `return_hidden=False` the last layer, too, runs only at those positions (its keys and values
   still cover every token), which saves most of one layer. `classify` uses the same trick:
-  its last layer runs at the [CLS] rows only.
+  its last layer runs at the [CLS] rows only, and `splade` (SPLADE vectors) projects only the
+  tokens it pools.
 
 Deliberately not handled: relative position embeddings, decoders / cross-attention / KV caches,
 untied output embeddings, attention-probability outputs, gradient checkpointing.
@@ -35,9 +36,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import POOLINGS, BertConfig
+from model.config import POOLINGS, SPLADE_ACTIVATIONS, SPLADE_POOLINGS, BertConfig
 from model.errors import ModelInputError
-from model.heads import ACTIVATIONS, INPLACE_ACTIVATIONS, ClassificationHead, MLMHead, NSPHead, pool
+from model.heads import (
+    ACTIVATIONS,
+    INPLACE_ACTIVATIONS,
+    ClassificationHead,
+    MLMHead,
+    NSPHead,
+    pool,
+    splade_weights,
+    top_k_dims,
+)
 from model.rotary import apply_rotary
 
 IGNORE_INDEX = -100  # label value ignored by the loss, as in transformers
@@ -254,7 +264,7 @@ class BertForMaskedLM(nn.Module):
     encoder alone (transformers' BertModel, e.g. a sentence-transformers checkpoint): `encode`
     and `embed` work, `forward` (MLM logits) raises ModelInputError. `classifier=True` adds a
     text classifier over `config.labels` (transformers' BertForSequenceClassification or
-    RoFormerForSequenceClassification head): `classify` gives its logits.
+    RoFormerForSequenceClassification head, one label or more): `classify` gives its logits.
     """
 
     def __init__(
@@ -511,8 +521,13 @@ class BertForMaskedLM(nn.Module):
         labels: Tensor | None = None,
         class_weights: Tensor | None = None,
     ) -> ClassifierOutput:
-        """Class logits (B, num_labels) from the [CLS] vectors (+ cross-entropy given labels (B,),
-        weighted per class by class_weights (num_labels,) if given).
+        """Class logits (B, num_labels) from the [CLS] vectors, with the loss given labels.
+
+        Sentence pairs pass their token_type_ids (0 for ``[CLS] A [SEP]``, 1 for ``B [SEP]``).
+        The loss follows `config.classifier_problem`, as transformers': single-label
+        classification takes class ids (B,) and gives cross-entropy, weighted per class by
+        class_weights (num_labels,) if given; regression takes targets (B,) for one label or
+        (B, num_labels) and gives the mean squared error.
 
         The last layer runs at the [CLS] rows only (as the fill-mask fast path does).
         """
@@ -522,15 +537,28 @@ class BertForMaskedLM(nn.Module):
         cls_rows[:, 0] = True
         cls, _ = self._encoder(input_ids, attention_mask, token_type_ids, cls_rows)  # (B, H)
         logits = self.classifier(cls)  # (B, C)
-        loss = None
-        if labels is not None:
-            if labels.shape != (input_ids.shape[0],):
-                raise ModelInputError(
-                    f"labels must be one class id per row {(input_ids.shape[0],)}, "
-                    f"got {tuple(labels.shape)}"
-                )
-            loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        loss = None if labels is None else self._classifier_loss(logits, labels, class_weights)
         return ClassifierOutput(logits=logits, loss=loss)
+
+    def _classifier_loss(
+        self, logits: Tensor, labels: Tensor, class_weights: Tensor | None
+    ) -> Tensor:
+        B, C = logits.shape
+        if self.config.classifier_problem == "regression":
+            if class_weights is not None:
+                raise ModelInputError("class_weights apply to classification, not regression")
+            shape = (B,) if C == 1 else (B, C)
+            if tuple(labels.shape) != shape or not labels.is_floating_point():
+                raise ModelInputError(
+                    f"regression labels must be float targets shaped {shape}, got "
+                    f"{labels.dtype} {tuple(labels.shape)}"
+                )
+            return F.mse_loss(logits.float().view(shape), labels.float())
+        if labels.shape != (B,):
+            raise ModelInputError(
+                f"labels must be one class id per row {(B,)}, got {tuple(labels.shape)}"
+            )
+        return F.cross_entropy(logits.float(), labels, weight=class_weights)
 
     def embed(
         self,
@@ -545,6 +573,55 @@ class BertForMaskedLM(nn.Module):
             raise ModelInputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         return pool(hidden, attention_mask, pooling, normalize)
+
+    def splade(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        special_tokens_mask: Tensor | None = None,
+        *,
+        pooling: str = "max",
+        activation: str = "relu",
+        max_active_dims: int | None = None,
+    ) -> Tensor:
+        """SPLADE sparse vectors (B, V): `model.heads.splade` of this model's MLM logits, with
+        the same arguments (the `Capabilities.splade_*` of a SparseEncoder directory).
+
+        Only the pooled tokens (not padding, not special if special_tokens_mask is given) are
+        projected to the vocabulary, through the fill-mask fast path: no (B, T, V) logits.
+        """
+        if self.mlm_head is None:
+            raise ModelInputError(
+                "this model has no masked-language-model head: SPLADE vectors need its logits"
+            )
+        if pooling not in SPLADE_POOLINGS or activation not in SPLADE_ACTIVATIONS:
+            raise ModelInputError(
+                f"SPLADE pooling must be one of {SPLADE_POOLINGS} and activation one of "
+                f"{SPLADE_ACTIVATIONS}, got {pooling!r} and {activation!r}"
+            )
+        B, T = input_ids.shape
+        keep = torch.ones((B, T), dtype=torch.bool, device=input_ids.device)  # (B, T)
+        if attention_mask is not None:
+            keep &= attention_mask.bool()
+        if special_tokens_mask is not None:
+            if tuple(special_tokens_mask.shape) != (B, T):
+                raise ModelInputError(
+                    f"special_tokens_mask must be {(B, T)}, got {tuple(special_tokens_mask.shape)}"
+                )
+            keep &= ~special_tokens_mask.bool()
+        logits = self.forward(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            prediction_mask=keep,
+            return_hidden=self.nsp_head is not None,
+        ).logits  # (N, V), rows in row-major order of keep
+        w = splade_weights(logits, activation)  # (N, V)
+        rows = keep.nonzero()[:, :1].expand_as(w)  # (N, V): the batch row of each logit row
+        out = w.new_zeros((B, w.shape[-1]))  # (B, V); 0 is below every weight
+        out.scatter_reduce_(0, rows, w, reduce="amax" if pooling == "max" else "sum")
+        return top_k_dims(out, max_active_dims)  # (B, V)
 
     # -- checkpoints -----------------------------------------------------------------------------
 

@@ -12,14 +12,18 @@ What it loads, recognised from the directory itself (see `model/layout.py` for t
   text classifier: `classifier.*`, labels from config.json's id2label), and ours, including
   rotary-position checkpoints (RoFormerForMaskedLM / RoFormerModel /
   RoFormerForSequenceClassification: "roformer." names);
-- a sentence-transformers directory around any of those: the Transformer module's model, with
-  the Pooling module's pooling, the Normalize module and sentence_bert_config.json's
-  max_seq_length and do_lower_case as the defaults of embeddings;
+- a sentence-transformers directory around any of those: a SentenceTransformer (the Transformer
+  module's model, with the Pooling module's pooling, the Normalize module and
+  sentence_bert_config.json's max_seq_length and do_lower_case as the defaults of embeddings), a
+  CrossEncoder (a classifier scoring text pairs, with the activation its predict applies) or a
+  SparseEncoder (an MLM head and SpladePooling: SPLADE vectors), each with its named prompts;
 - the weights as model.safetensors, shards, or pytorch_model.bin read without unpickling code
   (`allow_pickle=False` refuses the last, as the server does).
-Which heads exist is read from the tensor names: `cls.predictions.*` is an MLM head (fill-mask),
-`cls.seq_relationship.*` an NSP head. Anything wrong is one `CheckpointError` (or `ConfigError`)
-sentence naming the file or tensor.
+Which heads exist is read from the tensor names: `cls.predictions.*` is an MLM head (fill-mask,
+and SPLADE vectors), `cls.seq_relationship.*` an NSP head. Anything wrong is one
+`CheckpointError` (or `ConfigError`) sentence naming the file or tensor. `Capabilities` says
+what the result can do and with which defaults, reproducing sentence-transformers' encode and
+predict where the directory is one of its models.
 
 Why the model class and the tokenizer factory are parameters: `model/` depends only on torch, so
 it may not import `tokenization/`; the caller passes the tokenizer factory (the server and trainer
@@ -40,7 +44,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +55,13 @@ from torch import Tensor
 from atomicio import atomic_write_files
 from model.config import CLASSIFIER_SUFFIX, BertConfig
 from model.errors import CheckpointError, ModelError
-from model.layout import CONFIG_NAME, CheckpointLayout, read_layout
+from model.layout import (
+    CONFIG_NAME,
+    SENTENCE_TRANSFORMER,
+    CheckpointLayout,
+    SpladeSettings,
+    read_layout,
+)
 from model.rotary import roformer_sinusoids
 from model.weights import (
     CLASSIFIER_PREFIX,
@@ -74,15 +84,36 @@ TokenizerFactory = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a loaded checkpoint can do, and the defaults its embeddings use."""
+    """What a loaded checkpoint can do, and the defaults that reproduce its own library's outputs.
+
+    Every field added after the first seven has a default, that of a plain model directory.
+    """
 
     kind: str  # transformers' class for its weights: BertForMaskedLM, BertModel, ...
-    sentence_transformers: bool  # a sentence-transformers directory
+    sentence_transformers: bool  # a sentence-transformers directory (any of its model classes)
     fill_mask: bool  # it has an MLM head
     labels: tuple[str, ...]  # a text classifier's labels in id order; () without one
     pooling: str  # default pooling of embeddings (model.config.POOLINGS)
     normalize: bool  # embeddings are unit vectors by default
-    max_tokens: int  # the longest input, special tokens included
+    # The longest input, special tokens included: sentence-transformers' max_seq_length, else
+    # (sentence-transformers directories and classifiers) the tokenizer's model_max_length, capped
+    # at max_position_embeddings; the length CrossEncoder.predict truncates pairs to.
+    max_tokens: int
+    # A classifier with one label: a reranker, one relevance score per (query, document) pair.
+    rerank: bool = False
+    # What CrossEncoder.predict applies to a classifier's logits (model.config.SCORE_ACTIVATIONS,
+    # model.heads.activate_scores); None without a classifier.
+    score_activation: str | None = None
+    cross_encoder: bool = False  # saved by sentence-transformers' CrossEncoder
+    sparse: bool = False  # SPLADE vectors (an MLM head): BertForMaskedLM.splade / heads.splade
+    sparse_encoder: bool = False  # a sentence-transformers SparseEncoder (trained for SPLADE)
+    splade_pooling: str = "max"  # SpladePooling's pooling_strategy (config.SPLADE_POOLINGS)
+    splade_activation: str = "relu"  # its activation_function (config.SPLADE_ACTIVATIONS)
+    splade_max_active_dims: int | None = None  # SparseEncoder keeps this many weights; None: all
+    # sentence-transformers' named prompts (config_sentence_transformers.json), each prepended as
+    # is to a text (to the first text of a pair), and the one used when none is named.
+    prompts: dict[str, str] = field(default_factory=dict, hash=False)
+    default_prompt_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,13 +160,24 @@ def load_checkpoint(
     prefix, has_mlm, has_nsp, has_cls = detect_heads(raw, config)
     if nsp_head and not has_nsp:
         raise CheckpointError(f"{source}: no NSP head (cls.seq_relationship) to load")
-    if has_cls != bool(config.labels):
+    if has_cls and not config.labels:
         raise CheckpointError(
             f"{source}: the weights hold a classification head but config.json names no labels "
             "(architectures ...ForSequenceClassification with id2label)"
-            if has_cls
-            else f"{source}: config.json describes a classifier but the weights have no "
-            "classifier tensors"
+        )
+    if config.labels and not has_cls:
+        # Labels LABEL_0, LABEL_1, ... are what transformers assumes of a classifier config
+        # without id2label: perhaps an encoder's config.json only renamed to a classifier.
+        unnamed = config.labels == tuple(f"LABEL_{i}" for i in range(len(config.labels)))
+        hint = "; a sequence classifier's config needs id2label, else transformers assumes two"
+        raise CheckpointError(
+            f"{source}: config.json describes a classifier ({len(config.labels)} labels"
+            f"{hint if unnamed else ''}) but the weights have no classifier tensors"
+        )
+    if layout.splade is not None and not has_mlm:
+        raise CheckpointError(
+            f"{source}: a SparseEncoder (SpladePooling) needs an MLM head (cls.predictions), "
+            "and the weights have none"
         )
     # Built on the meta device and filled by assignment: no time spent on a random init that the
     # checkpoint overwrites, and the tensors stay on map_location.
@@ -162,19 +204,31 @@ def load_checkpoint(
                 f"vocab_size is {config.vocab_size}: ids would fall outside the embedding table"
             )
     max_tokens = config.max_position_embeddings
-    if sentence is not None:
-        if sentence.max_seq_length is not None:
-            max_tokens = min(max_tokens, sentence.max_seq_length)
-        elif tokenizer is not None:  # sentence-transformers then truncates at the tokenizer's
-            max_tokens = min(max_tokens, tokenizer.model_max_length)
+    if sentence is not None and sentence.max_seq_length is not None:
+        max_tokens = min(max_tokens, sentence.max_seq_length)
+    elif (sentence is not None or has_cls) and tokenizer is not None:
+        # sentence-transformers (CrossEncoder for any classifier) truncates at the tokenizer's.
+        max_tokens = min(max_tokens, tokenizer.model_max_length)
+    embeddings = sentence is not None and sentence.model_type == SENTENCE_TRANSFORMER
+    splade = layout.splade or SpladeSettings()
     capabilities = Capabilities(
         kind=_kind(config, has_mlm, has_nsp, has_cls),
-        sentence_transformers=sentence is not None,
+        sentence_transformers=sentence is not None or layout.cross_encoder,
         fill_mask=has_mlm,
         labels=config.labels,
         pooling=config.pooling,
-        normalize=sentence.normalize if sentence is not None else True,
+        normalize=sentence.normalize if embeddings else True,
         max_tokens=max_tokens,
+        rerank=len(config.labels) == 1,
+        score_activation=layout.score_activation,
+        cross_encoder=layout.cross_encoder,
+        sparse=has_mlm,
+        sparse_encoder=layout.splade is not None,
+        splade_pooling=splade.pooling,
+        splade_activation=splade.activation,
+        splade_max_active_dims=splade.max_active_dims,
+        prompts=dict(sentence.prompts) if sentence is not None else {},
+        default_prompt_name=sentence.default_prompt_name if sentence is not None else None,
     )
     logger.info(
         "loaded %s: %s%s, %d parameters, sha256 %s",
@@ -246,7 +300,7 @@ def save_checkpoint(model: Any, directory: str | Path) -> None:
     directory = Path(directory)
     config: BertConfig = model.config
     if model.classifier is None and config.labels:  # an encoder saved without its classifier
-        config = dataclasses.replace(config, labels=())
+        config = dataclasses.replace(config, labels=(), problem_type=None)
     headless = model.mlm_head is None and model.classifier is None
     prefix = "" if headless else base_prefix(config)
     tensors: dict[str, Tensor] = {}

@@ -7,13 +7,17 @@ and `pooling` (one of `POOLINGS`: how the checkpoint makes sentence embeddings, 
 servers and evaluations; a HF config.json without it means "mean", and a sentence-transformers
 directory's Pooling module sets it on load, see `model/layout.py`). transformers keeps
 unknown keys as plain attributes, so both travel through `transformers.BertConfig` unharmed.
+A sequence classifier's `labels` and `problem_type` are read from and written as transformers'
+`id2label`/`label2id`/`num_labels`/`problem_type`: one label (a reranker's score) or more,
+single-label classification or regression.
 All validation lives in `__post_init__` and `from_dict`; both raise `ConfigError` naming the field.
 
 Deliberately not handled: HF options that change the architecture (relative position embeddings,
 decoders and cross-attention, untied output embeddings, pruned heads, ALBERT-style factorised
-embeddings). `from_dict` refuses them with a `ConfigError` rather than silently running a
-different model. Keys that are pure metadata (versions, dtypes, labels, generation defaults) are
-accepted and dropped; any other unknown key is an error, so a typo never goes unnoticed.
+embeddings) and multi-label classification heads (`problem_type` "multi_label_classification").
+`from_dict` refuses them with a `ConfigError` rather than silently running a different model.
+Keys that are pure metadata (versions, dtypes, labels, generation defaults) are accepted and
+dropped; any other unknown key is an error, so a typo never goes unnoticed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ POSITION_EMBEDDING_TYPES = ("absolute", "rotary")
 # Sentence-embedding poolings (see model.bert.pool): the mean of the tokens, the [CLS] token, the
 # per-channel maximum, and the sum over sqrt(length) (sentence-transformers' mean_sqrt_len_tokens).
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
+# transformers' problem_type values we train and serve: softmax over the labels (cross-entropy),
+# or one real-valued score per label (mean squared error), such as a reranker's relevance.
+PROBLEM_TYPES = ("single_label_classification", "regression")
+# SPLADE sparse vectors from MLM logits (model.heads.splade; sentence-transformers' SpladePooling):
+# how token weights are pooled over the text, and the activation before it ("relu":
+# log(1 + relu(x)); "log1p_relu": log(1 + log(1 + relu(x))), OpenSearch's models).
+SPLADE_POOLINGS = ("max", "sum")
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+# What turns a classifier's logits into the scores sentence-transformers' CrossEncoder.predict
+# returns (model.heads.SCORE_FUNCTIONS, activate_scores; "identity": the logits themselves).
+SCORE_ACTIVATIONS = ("identity", "sigmoid", "softmax", "tanh")
 
 # HF config keys that do not change the computation of a BERT encoder with an MLM head: metadata,
 # training-time settings, classification-head settings and generation defaults written by
@@ -112,6 +127,10 @@ HARMLESS_HF_KEYS = frozenset(
         "exponential_decay_length_penalty",
         "suppress_tokens",
         "begin_suppress_tokens",
+        # sentence-transformers' CrossEncoder settings (>= 4: {"activation_fn", "version"}; older:
+        # the activation's dotted name), read by model/layout.py; the encoder is unchanged.
+        "sentence_transformers",
+        "sbert_ce_default_activation_function",
     }
 )
 
@@ -160,6 +179,9 @@ class BertConfig:
     pooling: str = "mean"  # sentence-embedding pooling it was trained for; weights unaffected
     # A text classifier's labels in id order (transformers' id2label); () = no classifier.
     labels: tuple[str, ...] = ()
+    # transformers' problem_type of a classifier; None (always, without labels) means its
+    # default for the label count: regression for one label, single-label classification else.
+    problem_type: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -226,12 +248,38 @@ class BertConfig:
             not isinstance(labels, tuple)
             or not all(isinstance(x, str) and x for x in labels)
             or len(set(labels)) != len(labels)
-            or len(labels) == 1
         ):
             raise ConfigError(
-                "BertConfig.labels must be a tuple of at least two distinct non-empty label "
-                f"names (or empty: no classifier), got {labels!r}"
+                "BertConfig.labels must be a tuple of distinct non-empty label names (or empty: "
+                f"no classifier), got {labels!r}"
             )
+        if self.problem_type is not None:
+            if self.problem_type not in PROBLEM_TYPES:
+                raise ConfigError(
+                    f"BertConfig.problem_type {self.problem_type!r} is not supported; use one of "
+                    f"{', '.join(PROBLEM_TYPES)} (or None: the default for the label count)"
+                )
+            if not labels:
+                raise ConfigError(
+                    f"BertConfig.problem_type {self.problem_type!r} needs a classifier (labels)"
+                )
+            if self.problem_type == "single_label_classification" and len(labels) == 1:
+                # A softmax over one class is constant; transformers refuses such a config.
+                raise ConfigError(
+                    "BertConfig.problem_type 'single_label_classification' needs at least two "
+                    "labels; one label is a regression head (a reranker's score)"
+                )
+            if self.problem_type == _default_problem_type(len(labels)):
+                # One spelling per meaning, so that equal heads compare equal and a replace()
+                # of the labels (fine-tuning another task) gets the new count's default.
+                object.__setattr__(self, "problem_type", None)
+
+    @property
+    def classifier_problem(self) -> str | None:
+        """The classifier's problem type, defaults resolved; None without a classifier."""
+        if not self.labels:
+            return None
+        return self.problem_type or _default_problem_type(len(self.labels))
 
     @property
     def head_size(self) -> int:
@@ -282,6 +330,9 @@ class BertConfig:
                     "it changes the architecture in a way this model does not implement"
                 )
         data["labels"] = _classifier_labels(data)
+        # A problem_type means something only for a classifier (transformers writes it into
+        # every config); the default for the label count is None, see __post_init__.
+        data["problem_type"] = _classifier_problem_type(data) if data["labels"] else None
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - HARMLESS_HF_KEYS - set(ARCHITECTURE_HF_KEYS))
         if unknown:
@@ -295,6 +346,7 @@ class BertConfig:
         """The config as written to config.json: our fields plus the HF keys transformers needs."""
         out: dict[str, Any] = dataclasses.asdict(self)
         labels = out.pop("labels")
+        out.pop("problem_type")
         family, head = "Bert", "ForMaskedLM"
         if self.position_embedding_type == "rotary":  # transformers' RoFormerForMaskedLM
             family = "RoFormer"
@@ -307,7 +359,8 @@ class BertConfig:
                 id2label={str(i): name for i, name in enumerate(labels)},
                 label2id={name: i for i, name in enumerate(labels)},
                 num_labels=len(labels),
-                problem_type="single_label_classification",
+                # Written resolved: transformers would infer the same, but only at training.
+                problem_type=self.classifier_problem,
             )
         out["architectures"] = [family + head]
         out.update(
@@ -338,20 +391,21 @@ class BertConfig:
 def _classifier_labels(data: dict[str, Any]) -> tuple[str, ...]:
     """The labels of a sequence classifier's config (id2label in id order); () for other models.
 
-    transformers writes id2label into every config (LABEL_0, LABEL_1 by default); only a config
-    whose `architectures` names a ...ForSequenceClassification means them.
+    transformers writes id2label into most configs (LABEL_0, LABEL_1 by default); only a config
+    whose `architectures` names a ...ForSequenceClassification means them. transformers 5 leaves
+    id2label out for its default of two labels: without it, `num_labels` (default 2) gives
+    LABEL_0, LABEL_1, ... as transformers reads it.
     """
     if "labels" in data:  # ours, built in code or from to_dict() of a test
         return tuple(data["labels"]) if isinstance(data["labels"], list) else data["labels"]
     if not any(str(a).endswith(CLASSIFIER_SUFFIX) for a in data.get("architectures") or ()):
         return ()
-    problem = data.get("problem_type")
-    if problem not in (None, "single_label_classification"):
-        raise ConfigError(
-            f"config problem_type {problem!r} is not supported; only single-label "
-            "classification heads load"
-        )
     raw = data.get("id2label")
+    if raw is None:
+        num = data.get("num_labels", 2)
+        if not _is_int(num) or num < 1:
+            raise ConfigError(f"config num_labels must be a positive integer, got {num!r}")
+        return tuple(f"LABEL_{i}" for i in range(num))
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("a sequence classifier's config needs id2label (label names by id)")
     try:
@@ -364,6 +418,22 @@ def _classifier_labels(data: dict[str, Any]) -> tuple[str, ...]:
     if num != len(by_id):
         raise ConfigError(f"config num_labels={num!r} but id2label has {len(by_id)} labels")
     return tuple(by_id[i] for i in range(len(by_id)))
+
+
+def _classifier_problem_type(data: dict[str, Any]) -> str | None:
+    """A classifier config's problem_type (None: the default); refuses multi-label heads."""
+    problem = data.get("problem_type")
+    if problem is not None and problem not in PROBLEM_TYPES:
+        raise ConfigError(
+            f"config problem_type {problem!r} is not supported; single-label classification and "
+            "regression heads load"
+        )
+    return problem
+
+
+def _default_problem_type(num_labels: int) -> str:
+    """transformers' choice when problem_type is unset: regression for one label."""
+    return "regression" if num_labels == 1 else "single_label_classification"
 
 
 def _is_int(value: Any) -> bool:

@@ -62,8 +62,12 @@ def _summary(loaded: LoadedCheckpoint) -> str:
     kind = caps.kind + (
         " in a sentence-transformers directory" if caps.sentence_transformers else ""
     )
-    if caps.labels:
+    if caps.rerank:
+        tasks = f"reranking (one score, {caps.score_activation}) and embeddings"
+    elif caps.labels:
         tasks = f"text classification ({len(caps.labels)} labels) and embeddings"
+    elif caps.sparse_encoder:
+        tasks = "SPLADE vectors, fill-mask and embeddings"
     elif caps.fill_mask:
         tasks = "fill-mask and embeddings"
     else:
@@ -157,11 +161,13 @@ def from_hf(src: Path, out: Path) -> list[str]:
     loaded.model.save_pretrained(out)
     report += _copy_tokenizer_files(loaded.layout.model_dir, out, loaded.model)
     sentence = loaded.layout.sentence
-    if sentence is not None:
+    if sentence is not None or loaded.layout.cross_encoder:
+        pooling = sentence.pooling if sentence is not None else None
+        recorded = f"the pooling ({pooling}) is recorded in config.json; " if pooling else ""
         report.append(
-            f"note: the pooling ({sentence.pooling}) is recorded in config.json; the "
-            "sentence-transformers Normalize module, max_seq_length and do_lower_case are not: "
-            f"serve {src} itself to keep them"
+            f"note: {recorded}the sentence-transformers settings (Normalize module, "
+            "max_seq_length, do_lower_case, prompts, a CrossEncoder's activation, SpladePooling) "
+            f"are not: serve {src} itself to keep them"
         )
     return [f"converted {src} -> {out}", _summary(loaded), *report]
 

@@ -7,10 +7,12 @@ weights load and save under transformers' names (`model/weights.py`):
 - `ClassificationHead`: BertForSequenceClassification's pooler + `classifier`, or, for rotary
   (RoFormer) models, RoFormerClassificationHead (`classifier.dense`, activation,
   `classifier.out_proj`); both read the [CLS] vector only, with dropout where transformers has it.
-`pool` turns token vectors into sentence embeddings as sentence-transformers does.
+`pool` turns token vectors into sentence embeddings as sentence-transformers does; `splade` turns
+MLM logits into SPLADE sparse vectors as its SparseEncoder does; `activate_scores` turns a
+classifier's logits into the scores of its CrossEncoder.predict.
 
-Deliberately not handled: regression and multi-label heads (one label per text only), token
-classification, and poolers other than [CLS] for classifiers (transformers could not open them).
+Deliberately not handled: multi-label heads, token classification, and poolers other than [CLS]
+for classifiers (transformers could not open them).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import POOLINGS, BertConfig
+from model.config import (
+    POOLINGS,
+    SCORE_ACTIVATIONS,
+    SPLADE_ACTIVATIONS,
+    SPLADE_POOLINGS,
+    BertConfig,
+)
 from model.errors import ModelInputError
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -81,13 +89,13 @@ class ClassificationHead(nn.Module):
 
     BERT (absolute positions): pooled = tanh(dense(cls)); logits = out(dropout(pooled)).
     RoFormer (rotary): logits = out(dropout(act(dense(dropout(cls))))).
-    One label per text (`config.labels`, in id order).
+    One logit per label (`config.labels`, in id order); one label is a reranker's score.
     """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         if not config.labels:
-            raise ModelInputError("a classification head needs config.labels (at least two)")
+            raise ModelInputError("a classification head needs config.labels (at least one)")
         self.roformer = config.position_embedding_type == "rotary"
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.out = nn.Linear(config.hidden_size, len(config.labels))
@@ -132,3 +140,108 @@ def pool(
             denominator = count if pooling == "mean" else count.sqrt()
             out = total / denominator.clamp(min=1.0)  # (B, H)
     return F.normalize(out, p=2.0, dim=-1) if normalize else out
+
+
+# CrossEncoder.predict's activations (sentence-transformers applies the torch module of the same
+# name; softmax over the labels, as nn.Softmax() does on (B, C)).
+SCORE_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda logits: logits,
+    "sigmoid": torch.sigmoid,
+    "softmax": lambda logits: logits.softmax(dim=-1),
+    "tanh": torch.tanh,
+}
+
+
+def activate_scores(logits: Tensor, activation: str, apply_softmax: bool = False) -> Tensor:
+    """CrossEncoder.predict's scores from a classifier's logits (B, C): the activation
+    (`Capabilities.score_activation`), then a softmax over the labels if apply_softmax and C > 1;
+    one label gives (B,), as predict does.
+
+    Example: logits [[0.0], [2.0]] with "sigmoid" -> [0.5, 0.8808]; with "identity" -> [0.0, 2.0].
+    """
+    if activation not in SCORE_FUNCTIONS:
+        raise ModelInputError(
+            f"activation must be one of {', '.join(SCORE_ACTIVATIONS)}, got {activation!r}"
+        )
+    scores = SCORE_FUNCTIONS[activation](logits.float())  # (B, C)
+    if scores.shape[-1] == 1:
+        return scores.squeeze(-1)  # (B,)
+    return scores.softmax(dim=-1) if apply_softmax else scores  # (B, C)
+
+
+def splade_weights(logits: Tensor, activation: str = "relu") -> Tensor:
+    """Per-token vocabulary weights (..., V): log(1 + relu(logits)), and once more log(1 + w)
+    for "log1p_relu" (OpenSearch's SPLADE models). Never negative.
+
+    Example: logits [1.0, -2.0, e - 1] -> [0.6931, 0.0, 1.0].
+    """
+    if activation not in SPLADE_ACTIVATIONS:
+        raise ModelInputError(
+            f"SPLADE activation must be one of {', '.join(SPLADE_ACTIVATIONS)}, got {activation!r}"
+        )
+    w = torch.relu(logits)  # (..., V)
+    if torch.is_grad_enabled() and logits.requires_grad:  # relu's backward reads its output
+        w = w.log1p()
+        return w.log1p() if activation == "log1p_relu" else w
+    w = w.log1p_()  # inference: no second (..., V) buffer
+    return w.log1p_() if activation == "log1p_relu" else w
+
+
+def top_k_dims(vectors: Tensor, k: int | None) -> Tensor:
+    """Each row (B, V) with only its k largest-magnitude entries kept, the rest zero (None: all);
+    sentence-transformers' max_active_dims. Example: [[0.1, 3.0, 0.5]], k=2 -> [[0.0, 3.0, 0.5]]."""
+    if k is None:
+        return vectors
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ModelInputError(f"max_active_dims must be a positive integer or None, got {k!r}")
+    top = vectors.abs().topk(min(k, vectors.shape[-1]), dim=-1).indices  # (B, k)
+    return torch.zeros_like(vectors).scatter_(-1, top, vectors.gather(-1, top))  # (B, V)
+
+
+def splade(
+    logits: Tensor,
+    attention_mask: Tensor | None = None,
+    special_tokens_mask: Tensor | None = None,
+    *,
+    pooling: str = "max",
+    activation: str = "relu",
+    max_active_dims: int | None = None,
+) -> Tensor:
+    """SPLADE sparse vectors (B, V) from MLM logits (B, T, V).
+
+    Each vocabulary entry's weight `splade_weights` (log(1 + relu(logit))) is pooled over the
+    tokens that count: not padding (attention_mask 0) and, if special_tokens_mask (B, T) is
+    given, not special ([CLS], [SEP]). "max" takes the largest weight, "sum" adds them; a row with
+    no such token is zeros. max_active_dims keeps each row's k largest weights (`top_k_dims`).
+
+    sentence-transformers' SparseEncoder (SpladePooling) pools every non-padding token, [CLS]
+    and [SEP] included, as the SPLADE papers' code does: leave special_tokens_mask None to
+    reproduce its vectors.
+
+    Example (V = 2): logits [[[1.0, -2.0], [e - 1, 0.5], [9.0, 9.0]]], attention_mask [[1, 1, 0]]
+    -> max [[1.0, 0.4055]] (the padding's 9.0 is ignored); with special_tokens_mask [[0, 1, 0]]
+    -> [[0.6931, 0.0]].
+    """
+    if logits.dim() != 3:
+        raise ModelInputError(f"logits must be (batch, length, vocab), got {tuple(logits.shape)}")
+    if pooling not in SPLADE_POOLINGS:
+        raise ModelInputError(
+            f"SPLADE pooling must be one of {', '.join(SPLADE_POOLINGS)}, got {pooling!r}"
+        )
+    B, T, V = logits.shape
+    keep = logits.new_ones((B, T), dtype=torch.bool)  # (B, T)
+    for name, mask, drop in (
+        ("attention_mask", attention_mask, False),
+        ("special_tokens_mask", special_tokens_mask, True),
+    ):
+        if mask is None:
+            continue
+        if tuple(mask.shape) != (B, T):
+            raise ModelInputError(f"{name} must be {(B, T)}, got {tuple(mask.shape)}")
+        keep &= ~mask.bool() if drop else mask.bool()
+    # Dropped tokens weigh 0, which neither the max (weights are >= 0) nor the sum notices.
+    w = splade_weights(logits, activation) * keep.unsqueeze(-1).to(logits.dtype)  # (B, T, V)
+    if T == 0:
+        return logits.new_zeros((B, V))
+    out = w.amax(dim=1) if pooling == "max" else w.sum(dim=1)  # (B, V)
+    return top_k_dims(out, max_active_dims)

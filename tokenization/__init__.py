@@ -10,11 +10,12 @@ Deliberately not here: tensors, model code, or anything outside the standard lib
 
 from .files import TokenizerSettings, has_tokenizer, read_tokenizer_dir
 from .normalization import basic_tokenize, normalized_text, split_words
-from .tokenizer import Encoding, WordPieceTokenizer
+from .tokenizer import TRUNCATION_STRATEGIES, Encoding, WordPieceTokenizer, truncation_lengths
 from .vocab import SPECIAL_TOKENS, VocabError
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "TRUNCATION_STRATEGIES",
     "Encoding",
     "TokenizerSettings",
     "VocabError",
@@ -24,4 +25,5 @@ __all__ = [
     "normalized_text",
     "read_tokenizer_dir",
     "split_words",
+    "truncation_lengths",
 ]

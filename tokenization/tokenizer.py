@@ -3,6 +3,8 @@
     tok = WordPieceTokenizer.train(["data/wordnet.train.txt"], vocab_size=16000)
     enc = tok.encode("Hello, world!")          # enc.ids == [2, ..., 3], enc.offsets, enc.tokens
     tok.decode(enc.ids, skip_special_tokens=True)  # "hello, world!" -> "hello , world !"
+    pair = tok.encode("a query", "a document", truncation="only_second", max_length=128)
+    pair.type_ids, pair.sequence_ids  # [0, 0, 0, 0, 1, 1, 1], [None, 0, 0, None, 1, 1, None]
 
 Speed comes from caching whole whitespace-separated chunks: normalisation and WordPiece depend
 only on the chunk, so a repeated chunk costs one dict lookup. Offsets and token strings are
@@ -13,8 +15,17 @@ accent stripping, CJK splitting, and the special tokens at any ids (a `[PAD]` ne
 plus further special tokens, all matched whole in the text before normalisation as transformers
 does.
 
+Sentence pairs are laid out ``[CLS] A [SEP] B [SEP]`` with type ids 0 for ``[CLS] A [SEP]`` and 1
+for ``B [SEP]``, and truncated with transformers' strategies (`truncation_lengths`): the ids,
+type ids and offsets equal `BertTokenizerFast`'s, errors included (a strategy that cannot reach
+``max_length`` raises ``ValueError`` where the Rust tokenizer raises its truncation error).
+
 Deliberately not handled: tensors (this package is standard library only; callers build them),
-added tokens that are not special, and stride/overflow windows for long texts.
+added tokens that are not special, stride/overflow windows for long texts, left truncation, and
+two transformers quirks: a ``max_length`` below the special tokens' count is a ``ValueError``
+(transformers logs an error and does not truncate), and an empty second text is still a pair
+(transformers' single-pair call drops ``text_pair=""``; its batch call and the Rust tokenizer
+keep it, as we do).
 """
 
 from __future__ import annotations
@@ -43,6 +54,9 @@ from .vocab import (
 from .wordpiece import PREFIX, wordpiece
 
 _CACHE_LIMIT = 200_000
+# transformers' names for how a pair is cut to max_length (`truncation_lengths`); `truncation=True`
+# means "longest_first", as in transformers.
+TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 
 # A cached chunk: its piece ids and, per piece, the span relative to the chunk start.
 _Chunk = tuple[tuple[int, ...], tuple[tuple[int, int], ...]]
@@ -52,10 +66,21 @@ class Encoding:
     """One encoded text (or pair): ids, type ids, attention mask, tokens and character offsets.
 
     ``offsets`` index the original text(s); special and padding tokens get ``(0, 0)``. For a pair,
-    offsets of the second segment index the second text, as in `transformers`.
+    offsets of the second segment index the second text, as in `transformers`; ``sequence_ids``
+    says which text each token (and so each offset) comes from.
     """
 
-    __slots__ = ("_offsets", "_spans", "_tokenizer", "_tokens", "attention_mask", "ids", "type_ids")
+    __slots__ = (
+        "_offsets",
+        "_segments",
+        "_spans",
+        "_tokenizer",
+        "_tokens",
+        "attention_mask",
+        "ids",
+        "truncated",
+        "type_ids",
+    )
 
     def __init__(
         self,
@@ -64,12 +89,18 @@ class Encoding:
         type_ids: list[int],
         attention_mask: list[int],
         spans: list[tuple[int, _Chunk | None]],
+        segments: tuple[int, int | None, bool],
+        truncated: bool = False,
     ) -> None:
         self._tokenizer = tokenizer
         self.ids = ids
         self.type_ids = type_ids
         self.attention_mask = attention_mask
+        self.truncated = truncated  # tokens of the text(s) were cut to fit max_length
         self._spans = spans
+        # (tokens of the first text, of the second or None, [CLS]/[SEP] added) as encoded,
+        # before any padding: enough to say which text each position belongs to.
+        self._segments = segments
         self._offsets: list[tuple[int, int]] | None = None
         self._tokens: list[str] | None = None
 
@@ -99,6 +130,22 @@ class Encoding:
                     out.extend((base + s, base + e) for s, e in chunk[1])
             self._offsets = out
         return self._offsets
+
+    @property
+    def sequence_ids(self) -> list[int | None]:
+        """Which text each token comes from: 0 the first, 1 the second (a pair's), None for the
+        added ``[CLS]``/``[SEP]`` and padding; transformers' ``BatchEncoding.sequence_ids()``.
+
+        ``encode("hello world", "the cat")`` -> ``[None, 0, 0, None, 1, 1, None]``. A special
+        token written in a text (a literal ``[MASK]``) belongs to that text.
+        """
+        n_first, n_second, specials = self._segments
+        out: list[int | None] = [0] * n_first
+        if specials:
+            out = [None, *out, None]
+        if n_second is not None:
+            out += [1] * n_second + ([None] if specials else [])
+        return out + [None] * (len(self.ids) - len(out))
 
     @property
     def special_tokens_mask(self) -> list[int]:
@@ -364,11 +411,18 @@ class WordPieceTokenizer:
         *,
         add_special_tokens: bool = True,
         max_length: int | None = None,
-        truncation: bool = False,
+        truncation: bool | str = False,
     ) -> Encoding:
-        """Encode a text, or a pair of texts, into ids, type ids, mask, tokens and offsets."""
+        """Encode a text, or a pair of texts, into ids, type ids, mask, tokens and offsets.
+
+        ``truncation``: False (or ``"do_not_truncate"``) keeps every token; True is
+        ``"longest_first"``; ``"only_first"`` / ``"only_second"`` cut one text of a pair only
+        (see `truncation_lengths`). The limit is ``max_length`` (default ``model_max_length``),
+        special tokens included. ``ValueError`` when the strategy cannot reach it.
+        """
+        strategy = _truncation_strategy(truncation)
         ids, spans = self._encode_text(text)
-        if pair is None and not truncation and add_special_tokens:  # the hot path
+        if pair is None and strategy is None and add_special_tokens:  # the hot path
             n = len(ids) + 2
             return Encoding(
                 self,
@@ -376,25 +430,35 @@ class WordPieceTokenizer:
                 [0] * n,
                 [1] * n,
                 [(0, None), *spans, (0, None)],
+                (len(ids), None, True),
             )
         pair_ids: list[int] | None = None
         pair_spans: list = []
         if pair is not None:
             pair_ids, pair_spans = self._encode_text(pair)
-        if truncation:
+        truncated = False
+        if strategy is not None:
             limit = self.model_max_length if max_length is None else max_length
-            if not isinstance(limit, int) or limit < 1:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise ValueError(f"max_length must be a positive int, got {max_length!r}")
             specials = (3 if pair_ids is not None else 2) if add_special_tokens else 0
             room = limit - specials
             if room < 0:
-                raise ValueError(f"max_length {limit} leaves no room for the special tokens")
-            ids, pair_ids = _truncate_longest_first(ids, pair_ids, room)
-        return self._assemble(ids, spans, pair_ids, pair_spans, add_special_tokens)
+                raise ValueError(
+                    f"max_length {limit} leaves no room for the {specials} special tokens"
+                )
+            n1, n2 = truncation_lengths(
+                len(ids), None if pair_ids is None else len(pair_ids), room, strategy
+            )
+            truncated = n1 < len(ids) or (pair_ids is not None and n2 < len(pair_ids))
+            ids = ids[:n1]
+            pair_ids = None if pair_ids is None else pair_ids[:n2]
+        return self._assemble(ids, spans, pair_ids, pair_spans, add_special_tokens, truncated)
 
-    def _assemble(self, ids, spans, pair_ids, pair_spans, add_special_tokens: bool) -> Encoding:
-        # Offsets are resolved lazily from spans; truncated ids just drop trailing spans, so a
-        # placeholder span list of the right order is kept and cut in Encoding.offsets.
+    def _assemble(
+        self, ids, spans, pair_ids, pair_spans, add_special_tokens: bool, truncated: bool
+    ) -> Encoding:
+        # Offsets are resolved from all the spans, then cut to the (possibly truncated) ids.
         first_offsets = _resolve(spans)[: len(ids)]
         if add_special_tokens:
             out_ids = [self.cls_token_id, *ids, self.sep_token_id]
@@ -410,7 +474,8 @@ class WordPieceTokenizer:
             out_ids += tail_ids
             offsets += tail_offsets
             type_ids += [1] * len(tail_ids)
-        enc = Encoding(self, out_ids, type_ids, [1] * len(out_ids), [])
+        segments = (len(ids), None if pair_ids is None else len(pair_ids), add_special_tokens)
+        enc = Encoding(self, out_ids, type_ids, [1] * len(out_ids), [], segments, truncated)
         enc._offsets = offsets
         return enc
 
@@ -421,10 +486,14 @@ class WordPieceTokenizer:
         *,
         add_special_tokens: bool = True,
         max_length: int | None = None,
-        truncation: bool = False,
+        truncation: bool | str = False,
         padding: str | bool = "longest",
     ) -> list[Encoding]:
-        """Encode many texts; ``padding`` is ``"longest"``, ``"max_length"`` or ``False``."""
+        """Encode many texts, or many pairs (``texts[i]`` with ``pairs[i]``), as `encode` does;
+        ``padding`` is ``"longest"``, ``"max_length"`` or ``False``.
+
+        Padding tokens get type id 0, attention 0, offset ``(0, 0)`` and sequence id None.
+        """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("texts must be a list of str (use encode() for a single text)")
         if pairs is not None and len(pairs) != len(texts):
@@ -512,27 +581,75 @@ def _resolve(spans: list[tuple[int, _Chunk | None]]) -> list[tuple[int, int]]:
     return out
 
 
-def _truncate_longest_first(
-    ids: list[int], pair_ids: list[int] | None, room: int
-) -> tuple[list[int], list[int] | None]:
-    """Cut pair sequences to ``room`` tokens in total, the longer one first (``longest_first``)."""
-    if pair_ids is None:
-        return ids[:room], None
-    # The Rust tokenizer's closed form: keep the shorter whole if it fits in half, else split
-    # the room evenly, the odd token going to the longer sequence.
-    n1, n2 = len(ids), len(pair_ids)
-    if n1 + n2 <= room:
-        return ids, pair_ids
-    swap = n1 > n2
-    if swap:
-        n1, n2 = n2, n1
-    n2 = n1 if n1 > room else max(n1, room - n1)
-    if n1 + n2 > room:
-        n1 = room // 2
-        n2 = n1 + room % 2
-    if swap:
-        n1, n2 = n2, n1
-    return ids[:n1], pair_ids[:n2]
+def _truncation_strategy(truncation: bool | str) -> str | None:
+    """The strategy named by an ``encode(truncation=...)`` argument; None: do not truncate."""
+    if truncation is True:
+        return "longest_first"
+    if truncation is False or truncation == "do_not_truncate":
+        return None
+    if truncation not in TRUNCATION_STRATEGIES:
+        raise ValueError(
+            f"truncation must be True, False, 'do_not_truncate' or one of "
+            f"{', '.join(TRUNCATION_STRATEGIES)}; got {truncation!r}"
+        )
+    return truncation
+
+
+def truncation_lengths(
+    n_first: int, n_second: int | None, room: int, strategy: str = "longest_first"
+) -> tuple[int, int | None]:
+    """How many tokens of each text to keep so that they fit in ``room`` (max_length minus the
+    special tokens), as the Rust tokenizer behind transformers' fast tokenizers cuts them.
+
+    ``n_second`` is None for a single text. Strategies:
+    - ``"longest_first"``: keep the shorter text whole if the longer one still gets at least as
+      much, else split the room evenly (the odd token to the longer text):
+      ``(10, 4, 8) -> (4, 4)``, ``(10, 2, 8) -> (6, 2)``, ``(9, 9, 5) -> (2, 3)``;
+    - ``"only_first"`` / ``"only_second"``: cut that text alone, which must keep at least one
+      token: ``(10, 4, 8, "only_first") -> (4, 4)``; ``(10, 4, 8, "only_second")`` is a
+      ``ValueError`` (the second text would need -2 tokens), and so is ``"only_second"`` for a
+      single text that needs cutting.
+    A room of 0 empties both texts whatever the strategy, as the Rust tokenizer does.
+    """
+    if room < 0:
+        raise ValueError(f"no room left for the texts ({room} tokens)")
+    if room == 0:
+        return 0, None if n_second is None else 0
+    total = n_first + (n_second or 0)
+    if total <= room:
+        return n_first, n_second
+    to_remove = total - room
+    if strategy == "longest_first":
+        if n_second is None:
+            return room, None
+        n1, n2 = n_first, n_second
+        swap = n1 > n2
+        if swap:
+            n1, n2 = n2, n1
+        n2 = n1 if n1 > room else max(n1, room - n1)
+        if n1 + n2 > room:
+            n1 = room // 2
+            n2 = n1 + room % 2
+        return (n2, n1) if swap else (n1, n2)
+    if strategy == "only_first":
+        if n_first <= to_remove:
+            raise ValueError(
+                f"truncation 'only_first' cannot fit the pair in {room} tokens: the second text "
+                f"alone has {n_second} (use 'longest_first' or a larger max_length)"
+            )
+        return n_first - to_remove, n_second
+    if strategy == "only_second":
+        if n_second is None:
+            raise ValueError("truncation 'only_second' needs a pair of texts, got one text")
+        if n_second <= to_remove:
+            raise ValueError(
+                f"truncation 'only_second' cannot fit the pair in {room} tokens: the first text "
+                f"alone has {n_first} (use 'longest_first' or a larger max_length)"
+            )
+        return n_first, n_second - to_remove
+    raise ValueError(
+        f"unknown truncation strategy {strategy!r}; use one of {TRUNCATION_STRATEGIES}"
+    )
 
 
 def _align_word(original: str, lowercase: bool, strip_accents: bool | None) -> list[int]:

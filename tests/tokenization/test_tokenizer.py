@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tokenization import VocabError, WordPieceTokenizer, basic_tokenize, split_words
+from tokenization.tokenizer import truncation_lengths
 from tokenization.trainer import count_words, learn_vocab
 from tokenization.wordpiece import wordpiece
 
@@ -66,6 +67,52 @@ def test_pair_truncation_and_padding(paper_tok):
         ["hello world the cat"], max_length=4, truncation=True, padding="max_length"
     )
     assert fixed[0].tokens == ["[CLS]", "hello", "world", "[SEP]"]
+
+
+def test_truncation_lengths_known_answers():
+    # longest_first: the shorter text stays whole while the longer gets at least as much.
+    assert truncation_lengths(10, 4, 8) == (4, 4)
+    assert truncation_lengths(10, 2, 8) == (6, 2)
+    assert truncation_lengths(2, 10, 8) == (2, 6)
+    assert truncation_lengths(9, 9, 5) == (2, 3)  # split evenly, the odd token to the second
+    assert truncation_lengths(3, 2, 8) == (3, 2)  # fits: untouched
+    assert truncation_lengths(10, None, 4) == (4, None)
+    assert truncation_lengths(10, 4, 8, "only_first") == (4, 4)
+    assert truncation_lengths(4, 10, 8, "only_second") == (4, 4)
+    assert truncation_lengths(5, 9, 0, "only_second") == (0, 0)  # no room: both emptied
+    with pytest.raises(ValueError, match=r"only_second' cannot fit .* first text alone has 10"):
+        truncation_lengths(10, 4, 8, "only_second")
+    with pytest.raises(ValueError, match="only_first' cannot fit"):
+        truncation_lengths(4, 4, 4, "only_first")  # the first would keep 0 tokens: refused
+    with pytest.raises(ValueError, match="needs a pair"):
+        truncation_lengths(10, None, 4, "only_second")
+
+
+def test_pair_strategies_type_ids_and_sequence_ids(paper_tok):
+    long, short = "hello world hello world", "the cat"
+    enc = paper_tok.encode(long, short, truncation="only_first", max_length=7)
+    assert enc.tokens == ["[CLS]", "hello", "world", "[SEP]", "the", "cat", "[SEP]"]
+    assert enc.type_ids == [0, 0, 0, 0, 1, 1, 1] and enc.truncated
+    assert enc.sequence_ids == [None, 0, 0, None, 1, 1, None]
+    enc = paper_tok.encode(short, long, truncation="only_second", max_length=7)
+    assert enc.tokens == ["[CLS]", "the", "cat", "[SEP]", "hello", "world", "[SEP]"]
+    assert enc.offsets[4:6] == [(0, 5), (6, 11)]  # the second text's characters
+    assert not paper_tok.encode(short, short, truncation=True, max_length=7).truncated
+    with pytest.raises(ValueError, match="only_second"):
+        paper_tok.encode(long, short, truncation="only_second", max_length=7)
+    with pytest.raises(ValueError, match="truncation must be"):
+        paper_tok.encode(long, short, truncation="longest")
+    with pytest.raises(ValueError, match="no room for the 3 special tokens"):
+        paper_tok.encode(long, short, truncation=True, max_length=2)
+    # Without special tokens the texts just follow each other.
+    bare = paper_tok.encode("hello", "cat", add_special_tokens=False)
+    assert bare.tokens == ["hello", "cat"] and bare.sequence_ids == [0, 1]
+    assert bare.type_ids == [0, 1]
+    # A literal special token belongs to its text; padding to none.
+    batch = paper_tok.encode_batch(["the [MASK]", "hello"], ["cat", "world the cat"])
+    assert batch[0].sequence_ids == [None, 0, 0, None, 1, None, None]
+    assert batch[0].type_ids == [0, 0, 0, 0, 1, 1, 0]
+    assert batch[1].sequence_ids == [None, 0, None, 1, 1, 1, None]
 
 
 def test_literal_special_tokens_are_kept(paper_tok):

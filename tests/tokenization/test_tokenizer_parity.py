@@ -1,4 +1,5 @@
-"""Parity of our tokenizer with `transformers` (Rust-backed and legacy Python) and round trips."""
+"""Parity of our tokenizer with `transformers` (Rust-backed and legacy Python) and round trips,
+single texts and sentence pairs (every truncation strategy, errors included)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from tokenization import WordPieceTokenizer
@@ -76,6 +77,81 @@ def test_pairs_and_batches_match_transformers(tokenizers):
     assert [e.ids for e in encs] == ref["input_ids"]
     assert [e.type_ids for e in encs] == ref["token_type_ids"]
     assert [e.attention_mask for e in encs] == ref["attention_mask"]
+
+
+@pytest.mark.parametrize("strategy", ["longest_first", "only_first", "only_second"])
+def test_pair_strategies_in_batches_match_transformers(tokenizers, strategy):
+    ours, fast, _ = tokenizers
+    texts = _valid_sample(20)
+    # A short query against long passages, so that only_second can always fit.
+    firsts, seconds = [t[:30] for t in texts[:20]], texts[20:]
+    if strategy == "only_first":
+        firsts, seconds = seconds, firsts
+    kwargs = dict(truncation=strategy, max_length=40, padding="longest")
+    ref = fast(firsts, seconds, return_offsets_mapping=True, **kwargs)
+    encs = ours.encode_batch(firsts, seconds, **kwargs)
+    assert any(e.truncated for e in encs)
+    assert [e.ids for e in encs] == ref["input_ids"]
+    assert [e.type_ids for e in encs] == ref["token_type_ids"]
+    assert [e.attention_mask for e in encs] == ref["attention_mask"]
+    assert [e.offsets for e in encs] == [[tuple(o) for o in row] for row in ref["offset_mapping"]]
+    assert [e.sequence_ids for e in encs] == [ref.sequence_ids(i) for i in range(len(encs))]
+
+
+# Letters and punctuation, whole words (several tokens per text fast) and a literal [MASK].
+_PAIR_TEXT = st.lists(
+    st.sampled_from([*"abcdefghijklmnopqrstuvwxyz .,!?'é", " the", " cat", " running", "[MASK]"]),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _PAIR_TEXT,
+    _PAIR_TEXT,
+    st.sampled_from([False, True, "longest_first", "only_first", "only_second"]),
+    st.integers(min_value=3, max_value=20),
+)
+def test_pairs_match_transformers_with_and_without_truncation(tokenizers, a, b, strategy, limit):
+    """ids, type ids, offsets and sequence ids of a pair equal transformers' for every strategy;
+    where the Rust tokenizer refuses a truncation, we raise ValueError.
+
+    The batch call is the reference: transformers' single call drops ``text_pair=""``.
+    """
+    ours, fast, _ = tokenizers
+    try:
+        ref = fast([a], [b], truncation=strategy, max_length=limit, return_offsets_mapping=True)
+    except Exception as e:  # the Rust tokenizer's TruncationError is a bare Exception
+        assert "Truncation error" in str(e)
+        event("refused")
+        with pytest.raises(ValueError, match="cannot fit"):
+            ours.encode(a, b, truncation=strategy, max_length=limit)
+        return
+    enc = ours.encode(a, b, truncation=strategy, max_length=limit)
+    event("truncated" if enc.truncated else "whole")
+    assert enc.ids == ref["input_ids"][0]
+    assert enc.type_ids == ref["token_type_ids"][0]
+    assert enc.offsets == [tuple(o) for o in ref["offset_mapping"][0]]
+    assert enc.sequence_ids == ref.sequence_ids(0)
+    assert enc.tokens == ref.tokens(0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    _PAIR_TEXT,
+    st.sampled_from(["longest_first", "only_first", "only_second"]),
+    st.integers(min_value=2, max_value=12),
+)
+def test_single_text_strategies_match_transformers(tokenizers, text, strategy, limit):
+    ours, fast, _ = tokenizers
+    try:
+        ref = fast([text], truncation=strategy, max_length=limit)["input_ids"][0]
+    except Exception as e:
+        assert "Second sequence not provided" in str(e)
+        with pytest.raises(ValueError, match="needs a pair"):
+            ours.encode(text, truncation=strategy, max_length=limit)
+        return
+    assert ours.encode(text, truncation=strategy, max_length=limit).ids == ref
 
 
 def test_decode_matches_transformers(tokenizers):
