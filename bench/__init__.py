@@ -1,1 +1,16 @@
-"""Benchmarks: each compares bertserve with its reference system in one run and prints ratios."""
+"""Benchmarks: each compares bertserve with its reference system in one run and prints ratios.
+
+The benchmarks, one script each (``python -m bench.<name>``; ``bench.run_all`` runs them in turn,
+each in its own process): bench_tokenizer, bench_model, bench_train, bench_serve, bench_embed,
+bench_ui, bench_retrieval, bench_cloze, bench_finetune, bench_sop, and bench_recipes (the
+pretraining recipe sweep, run by hand).
+
+What they share, so that no benchmark imports another (tests/bench/test_bench_imports.py):
+  common.py              paths, logging, the CPU record, results files, tables, arguments
+  server.py              the server under test: a subprocess on a free loopback port
+  wrk.py                 load from wrk, and the /metrics histograms read back
+  hf_baseline_server.py  the plain transformers fill-mask server bench_serve measures against
+  efficiency.py          bench_model part 2: matmul peak, FLOP count, encoder GFLOP/s
+  hf_compare.py          bench_model part 1: fill-mask forward against transformers
+Results land in bench/results/ (the figures the README quotes are committed there).
+"""

@@ -27,9 +27,7 @@ measured: speed (bench_serve and bench_model do that), multi-token words.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import logging
 import re
 import sys
 import time
@@ -38,50 +36,28 @@ from typing import Any
 
 import torch
 
-from model import hardware
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    TRAIN_FILES,
+    VALID_FILES,
+    bench_parser,
+    cpu_report,
+    named_checkpoints,
+    ratio,
+    setup_logging,
+    table_lines,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-RESULTS = ROOT / "bench" / "results" / "bench_cloze.json"
-VALID_FILES = ("wordnet.valid.txt", "pydocs.valid.txt")
-TRAIN_FILES = ("wordnet.train.txt", "pydocs.train.txt")
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
+log = logging.getLogger(__name__)
 TARGET_RATIO, GOAL_RATIO = 1.0, 1.3
 _ANSWER_RE = re.compile(r"[A-Za-z]{3,}")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_flags() -> str:
-    """The CPU features that decide fp32/bf16 speed, for the record."""
-    flags = hardware.cpu_flags()
-    if flags is None:
-        return platform.processor() or "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-
-
-def save_results(path: Path, results: dict[str, Any]) -> None:
-    """Write a benchmark's results as indented JSON and say where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {path}")
-
-
-def parse_checkpoints(values: list[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--checkpoint wants NAME=DIR, got {v!r}")
-        out[name] = Path(path)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = bench_parser(
+        "bench_cloze", __doc__, quick="300 items per file, no MLM accuracy", threads=0
+    )
     ap.add_argument(
         "--checkpoint",
         action="append",
@@ -92,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-items", type=int, default=2000, help="items per valid file")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="300 items per file, no MLM accuracy")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     max_items = 300 if args.quick else args.max_items
@@ -106,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     from training.evaluate import evaluate_checkpoint_mlm
     from training.ngram import NGramModel, unigram_predictor
 
-    checkpoints = parse_checkpoints(args.checkpoint) or {"default": DEFAULT_CHECKPOINT}
+    checkpoints = named_checkpoints(args.checkpoint, ap) or {"default": DEFAULT_CHECKPOINT}
     tokenizers = {n: WordPieceTokenizer.from_pretrained(d) for n, d in checkpoints.items()}
     accept = vocab_word_filter(tokenizers.values())
-    valid = [DATA / f for f in VALID_FILES]
+    valid = list(VALID_FILES)
     items = cloze_items(valid, accept, seed=args.seed, max_items=max_items)
-    log(f"{len(items)} items from {', '.join(VALID_FILES)} (seed {args.seed})")
+    log.info("%d items from %s (seed %d)", len(items), _names(VALID_FILES), args.seed)
 
     first = next(iter(tokenizers.values()))
     candidates = sorted(
@@ -122,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     t0 = time.perf_counter()
-    ngram = NGramModel.fit([DATA / f for f in TRAIN_FILES], lowercase=first.lowercase)
-    log(f"n-gram counts of {', '.join(TRAIN_FILES)} in {time.perf_counter() - t0:.1f}s")
+    ngram = NGramModel.fit(list(TRAIN_FILES), lowercase=first.lowercase)
+    log.info("n-gram counts of %s in %.1fs", _names(TRAIN_FILES), time.perf_counter() - t0)
 
     rows: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
@@ -131,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["n-gram (trigram, both sides)"] = score_cloze(
         items, ngram.predictor(candidates)(items)
     ).to_dict()
-    log(f"baselines scored in {time.perf_counter() - t0:.1f}s ({len(candidates)} candidates)")
+    log.info("baselines scored in %.1fs (%d candidates)", time.perf_counter() - t0, len(candidates))
     for name, directory in checkpoints.items():
         t0 = time.perf_counter()
         tok = tokenizers[name]
@@ -148,23 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         row = score_cloze(items, restricted([it.masked(tok.mask_token) for it in items])).to_dict()
         row["checkpoint"] = str(directory)
         rows[f"{name}, candidates only"] = row
-        log(f"{name}: scored in {time.perf_counter() - t0:.1f}s")
+        log.info("%s: scored in %.1fs", name, time.perf_counter() - t0)
 
     ref = rows["n-gram (trigram, both sides)"]
-    corpora = list(ref["by_corpus"])
-    head = "| system | top-1 | top-5 | top-1 / n-gram | top-5 / n-gram | "
-    head += " | ".join(f"top-1 {c}" for c in corpora) + " | MLM accuracy |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    for name, r in rows.items():
+    for r in rows.values():
         r["top1_ratio"] = r["top1"] / ref["top1"] if ref["top1"] else None
         r["top5_ratio"] = r["top5"] / ref["top5"] if ref["top5"] else None
-        per = " | ".join(f"{r['by_corpus'][c]['top1']:.3f}" for c in corpora)
-        acc = f"{r['mlm_accuracy']:.2%}" if "mlm_accuracy" in r else "-"
-        print(
-            f"| {name} | {r['top1']:.3f} | {r['top5']:.3f} | {r['top1_ratio']:.2f}x | "
-            f"{r['top5_ratio']:.2f}x | {per} | {acc} |"
-        )
+    print(markdown(rows, list(ref["by_corpus"])))
     judged = next(iter(checkpoints))
     j = rows[judged]
     passed = j["top1_ratio"] >= TARGET_RATIO and j["top5"] > ref["top5"]
@@ -178,15 +142,36 @@ def main(argv: list[str] | None = None) -> int:
         "max_items_per_file": max_items,
         "seed": args.seed,
         "candidates": len(candidates),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": cpu_report().summary,
         "torch": torch.__version__,
         "systems": rows,
         "acceptance": {"checkpoint": judged, "passed": passed},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_results(args.out, out)
     return 0
+
+
+def markdown(rows: dict[str, dict[str, Any]], corpora: list[str]) -> str:
+    """Every system's scores side by side, with its ratios to the n-gram baseline's."""
+    header = ["system", "top-1", "top-5", "top-1 / n-gram", "top-5 / n-gram"]
+    header += [*(f"top-1 {c}" for c in corpora), "MLM accuracy"]
+    table = [
+        [
+            name,
+            f"{r['top1']:.3f}",
+            f"{r['top5']:.3f}",
+            ratio(r["top1_ratio"]),
+            ratio(r["top5_ratio"]),
+            *(f"{r['by_corpus'][c]['top1']:.3f}" for c in corpora),
+            f"{r['mlm_accuracy']:.2%}" if "mlm_accuracy" in r else "-",
+        ]
+        for name, r in rows.items()
+    ]
+    return "\n".join(table_lines(header, table))
+
+
+def _names(paths: tuple[Path, ...]) -> str:
+    return ", ".join(p.name for p in paths)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -51,12 +51,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_serve import Server
-from bench.wrk import wrk_bodies
+from bench.common import (
+    DATA,
+    RESULTS,
+    ROOT,
+    TRAIN_FILES,
+    bench_parser,
+    cpu_report,
+    setup_logging,
+    table_lines,
+    write_results,
+)
+from bench.server import Server
+from bench.wrk import require_wrk, wrk_bodies
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-RESULTS = ROOT / "bench" / "results"
+log = logging.getLogger(__name__)
 INFINITY_VENV = ROOT / ".venv-infinity"
 INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
 INFINITY_SPEC = "infinity-emb[server,torch]==0.0.78"
@@ -93,8 +102,8 @@ def vocabulary(size: int = VOCAB_SIZE, learned: int = 16000) -> list[str]:
     with tempfile.TemporaryDirectory() as d:
         corpus = Path(d) / "corpus.txt"
         lines = []
-        for name in ("wordnet.train.txt", "pydocs.train.txt"):
-            with (DATA / name).open(encoding="utf-8") as f:
+        for path in TRAIN_FILES:
+            with path.open(encoding="utf-8") as f:
                 lines += [line for _, line in zip(range(20000), f, strict=False)]
         corpus.write_text("".join(lines), encoding="utf-8")
         tokens = list(WordPieceTokenizer.train([corpus], vocab_size=learned).vocab)
@@ -151,7 +160,7 @@ def build_model(shape: str, directory: Path) -> Path:
         json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
     )
     marker.write_text(json.dumps(spec))
-    print(f"built {directory} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    log.info("built %s in %.1fs", directory, time.perf_counter() - t0)
     return directory
 
 
@@ -185,7 +194,7 @@ def ensure_infinity(install: bool) -> None:
         [sys.executable, "-m", "venv", str(INFINITY_VENV)],
         [*pip, TORCH_SPEC, INFINITY_SPEC],
     ):
-        print("bench_embed: " + " ".join(cmd), file=sys.stderr)
+        log.info("bench_embed: %s", " ".join(cmd))
         subprocess.run(cmd, check=True)
 
 
@@ -253,15 +262,16 @@ def run_shape(shape: str, args: argparse.Namespace, inputs: list[str]) -> dict:
             wrk(server.url, path, inputs, args.connections, args.warmup)
             measured[name] = {**wrk(server.url, path, inputs, args.connections, args.duration)}
             measured[name]["startup_s"] = round(startup, 1)
-        print(f"{shape:6s} {name:8s} {json.dumps(measured[name])}", file=sys.stderr)
+        log.info("%-6s %-8s %s", shape, name, json.dumps(measured[name]))
     cosines = [cosine(a, b) for a, b in zip(vectors["ours"], vectors["infinity"], strict=True)]
     ours, theirs = measured["ours"], measured["infinity"]
     for name, m in measured.items():
         if not m["requests"]:
-            print(
-                f"bench_embed: {name} completed no request in {args.duration:g}s (latency above "
-                "the duration on this machine): no ratio; run longer",
-                file=sys.stderr,
+            log.warning(
+                "bench_embed: %s completed no request in %gs (latency above the duration on "
+                "this machine): no ratio; run longer",
+                name,
+                args.duration,
             )
     both = ours["requests"] and theirs["requests"]
     return {
@@ -274,35 +284,45 @@ def run_shape(shape: str, args: argparse.Namespace, inputs: list[str]) -> dict:
 
 
 def ratio(value: float | None) -> str:
+    """A ratio as rounded in the results (3 digits, no padding): ``1.25x``, or n/a."""
     return "n/a" if value is None else f"{value}x"
 
 
 def markdown(results: dict[str, dict], connections: int) -> str:
-    lines = [
-        "| shape | ours req/s (p50 / p99 ms) | infinity req/s (p50 / p99 ms) | throughput "
-        "ours / infinity | p99 ours / infinity | min cosine | errors |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
+    """Both servers side by side per shape, with the ratios ours / infinity."""
+    header = ["shape", "ours req/s (p50 / p99 ms)", "infinity req/s (p50 / p99 ms)"]
+    header += ["throughput ours / infinity", "p99 ours / infinity", "min cosine", "errors"]
+    rows = []
     for shape, r in results.items():
         o, i = r["servers"]["ours"], r["servers"]["infinity"]
-        lines.append(
-            f"| {shape} | {o['rps']} ({o['p50_ms']} / {o['p99_ms']}) | {i['rps']} "
-            f"({i['p50_ms']} / {i['p99_ms']}) | **{ratio(r['throughput_ratio'])}** | "
-            f"{ratio(r['p99_ratio'])} | {r['min_cosine']} | {o['errors'] + i['errors']} |"
+        rows.append(
+            [
+                shape,
+                f"{o['rps']} ({o['p50_ms']} / {o['p99_ms']})",
+                f"{i['rps']} ({i['p50_ms']} / {i['p99_ms']})",
+                f"**{ratio(r['throughput_ratio'])}**",
+                ratio(r["p99_ratio"]),
+                r["min_cosine"],
+                o["errors"] + i["errors"],
+            ]
         )
+    lines = table_lines(header, rows, "lllrrrr")
     return "\n".join(lines) + f"\n\n(wrk, {connections} connections, one text per request)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Embedding serving benchmark (see docstring).")
-    parser.add_argument("--quick", action="store_true", help="MiniLM shape only, 10 s of load")
+    parser = bench_parser("bench_embed", __doc__, quick="MiniLM shape only, 10 s of load")
     parser.add_argument("--duration", type=float, help="seconds of measured load per server")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up load")
     parser.add_argument("--shapes", help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="torch threads of each server (default: cores - 1, leaving one to wrk)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never create .venv-infinity")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bench_embed.json")
     args = parser.parse_args(argv)
     shapes = (args.shapes or ("minilm" if args.quick else ",".join(SHAPES))).split(",")
     unknown = [s for s in shapes if s not in SHAPES]
@@ -310,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
     if args.duration is None:
         args.duration = 10.0 if args.quick else 30.0
-    if shutil.which("wrk") is None:
-        parser.exit(2, "bench_embed: wrk is missing: sudo apt-get install -y wrk\n")
+    require_wrk(parser)
+    setup_logging()
     ensure_infinity(install=not args.no_install)
     inputs = texts()
     results = {shape: run_shape(shape, args, inputs) for shape in shapes}
@@ -321,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{shape}: throughput ours / infinity {ratio(r['throughput_ratio'])}, "
             f"p99 ours / infinity {ratio(r['p99_ratio'])}, min cosine {r['min_cosine']}"
         )
+    cpu = cpu_report()
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": cpu.cpus, "platform": cpu.platform},
         "settings": {
             "connections": args.connections,
             "threads": args.threads,
@@ -331,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report)
     failed = sum(r["servers"][s]["errors"] for r in results.values() for s in r["servers"])
     return 1 if failed else 0
 

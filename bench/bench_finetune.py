@@ -27,9 +27,8 @@ serving speed (bench_serve), and test-split figures (the test split is not distr
 
 from __future__ import annotations
 
-import argparse
+import logging
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -39,29 +38,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.bench_cloze import cpu_flags, log, save_results
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    ROOT,
+    SUPERSENSE_TRAIN,
+    SUPERSENSE_VALID,
+    bench_parser,
+    cpu_report,
+    ratio,
+    setup_logging,
+    supersense_sample,
+    table_lines,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-TRAIN, VALID = DATA / "wordnet-supersense.train.tsv", DATA / "wordnet-supersense.valid.tsv"
+log = logging.getLogger(__name__)
 RECIPE = ROOT / "configs" / "finetune_supersense.yaml"
-RESULTS = ROOT / "bench" / "results" / "bench_finetune.json"
 CALIBRATION_STEPS = 100
 WARMUP_STEPS = 10
-
-
-def quick_files(work: Path, n: int = 4000) -> tuple[Path, Path]:
-    """Every k-th training line (the file is sorted by synset, so a prefix would hold few
-    labels), and the valid lines whose labels occur in that sample."""
-    header, *rows = TRAIN.read_text(encoding="utf-8").splitlines()
-    sample = rows[:: max(1, len(rows) // n)]
-    seen = {r.split("\t", 1)[0] for r in sample}
-    _, *valid = VALID.read_text(encoding="utf-8").splitlines()
-    kept = [r for r in valid if r.split("\t", 1)[0] in seen]
-    train, val = work / "train.tsv", work / "valid.tsv"
-    train.write_text("\n".join([header, *sample]) + "\n", encoding="utf-8")
-    val.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
-    return train, val
 
 
 def tfidf_baseline(train: Path, valid: Path) -> dict[str, Any]:
@@ -272,15 +266,15 @@ class _Peer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default")
+    ap = bench_parser(
+        "bench_finetune", __doc__, quick="~4,000 training rows, 1-minute budgets", threads=0
+    )
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     ap.add_argument("--config", type=Path, default=RECIPE, help="the recipe all share")
     ap.add_argument("--budget-min", type=float, default=10.0, help="wall clock per fine-tune")
-    ap.add_argument("--quick", action="store_true", help="~4,000 training rows, 1-minute budgets")
     ap.add_argument("--skip", nargs="*", default=[], choices=("tfidf", "peer", "random"))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     from training.finetune_config import load_finetune_config
@@ -297,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     work = Path(tempfile.mkdtemp(prefix="bench_finetune-"))
-    train, valid = quick_files(work) if args.quick else (TRAIN, VALID)
+    train, valid = supersense_sample(work) if args.quick else (SUPERSENSE_TRAIN, SUPERSENSE_VALID)
+    cpu = cpu_report()
     results: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_flags": cpu_flags(),
+        "cpu": cpu.machine,
+        "cpu_flags": cpu.summary,
         "threads": torch.get_num_threads(),
         "budget_min": budget,
         "quick": args.quick,
@@ -309,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         "systems": {},
     }
     systems = results["systems"]
-    log(f"ours, {budget} min ...")
+    log.info("ours, %s min ...", budget)
     systems["ours"], tuner = ours(args.checkpoint, train, valid, cfg, work / "ours")
     eval_every = tuner.eval_every
     if "peer" not in args.skip:
-        log("transformers Trainer: calibration, then the same budget ...")
+        log.info("transformers Trainer: calibration, then the same budget ...")
         peer = _Peer(args.checkpoint, train, valid, cfg, args.threads)
         rate, eval_s = peer.calibrate(work / "peer-calibration")
         results["peer_calibration"] = {"steps_per_s": rate, "eval_s": eval_s}
@@ -321,41 +316,47 @@ def main(argv: list[str] | None = None) -> int:
             work / "peer", budget * 60, rate, eval_s, eval_every
         )
     if "random" not in args.skip:
-        log(f"ours from a random initialisation, {budget} min ...")
+        log.info("ours from a random initialisation, %s min ...", budget)
         rand = random_init_checkpoint(args.checkpoint, work / "random-init")
         systems["ours_random_init"], _ = ours(rand, train, valid, cfg, work / "random")
     if "tfidf" not in args.skip:  # last: minutes of single-threaded fitting
-        log("TF-IDF + logistic regression ...")
+        log.info("TF-IDF + logistic regression ...")
         systems["tfidf_logreg"] = tfidf_baseline(train, valid)
 
     print(report(results))
-    save_results(args.out, results)
+    write_results(args.out, results)
     return 0
 
 
 def report(results: dict[str, Any]) -> str:
+    """The systems side by side, then ours against each of them."""
     s = results["systems"]
-    lines = [
+    caption = (
         f"WordNet supersense, valid split; {results['budget_min']} min per fine-tune; "
-        f"CPU flags: {results['cpu_flags']}; {results['threads']} threads",
-        "",
-        "| system | accuracy | macro-F1 | train s | steps |",
-        "|---|---|---|---|---|",
+        f"CPU flags: {results['cpu_flags']}; {results['threads']} threads"
+    )
+    rows = [
+        [
+            name,
+            f"{r['accuracy']:.4f}",
+            f"{r['macro_f1']:.4f}",
+            f"{r['train_s']:.0f}",
+            r.get("steps", "-"),
+        ]
+        for name, r in s.items()
     ]
-    for name, r in s.items():
-        lines.append(
-            f"| {name} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['train_s']:.0f} | "
-            f"{r.get('steps', '-')} |"
-        )
+    header = ["system", "accuracy", "macro-F1", "train s", "steps"]
+    lines = [caption, "", *table_lines(header, rows)]
     o = s["ours"]
     lines.append("")
     for name in ("tfidf_logreg", "transformers_trainer", "ours_random_init"):
         if name in s:
             r = s[name]
             lines.append(
-                f"ours vs {name}: accuracy {o['accuracy'] / r['accuracy']:.3f}x "
+                f"ours vs {name}: accuracy {ratio(o['accuracy'] / r['accuracy'], 3)} "
                 f"({100 * (o['accuracy'] - r['accuracy']):+.1f} pts), macro-F1 "
-                f"{o['macro_f1'] / r['macro_f1']:.3f}x ({100 * (o['macro_f1'] - r['macro_f1']):+.1f} pts)"
+                f"{ratio(o['macro_f1'] / r['macro_f1'], 3)} "
+                f"({100 * (o['macro_f1'] - r['macro_f1']):+.1f} pts)"
             )
     if "transformers_trainer" in s:
         ours_rate, peer_rate = o["examples_per_s"], s["transformers_trainer"]["examples_per_s"]

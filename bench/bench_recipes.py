@@ -24,8 +24,8 @@ so excluded on such machines; the CPU flags are recorded).
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,12 +35,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from atomicio import atomic_write_text
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    RESULTS,
+    ROOT,
+    TRAIN_FILES,
+    VALID_FILES,
+    bench_parser,
+    cpu_report,
+    setup_logging,
+    table_lines,
+    write_results,
+)
+
+log = logging.getLogger(__name__)
 CONFIG = ROOT / "configs" / "bert_tiny.yaml"
-VOCAB = ROOT / "checkpoints" / "default"
-TRAIN = [ROOT / "data" / "wordnet.train.txt", ROOT / "data" / "pydocs.train.txt"]
-VALID = [ROOT / "data" / "wordnet.valid.txt", ROOT / "data" / "pydocs.valid.txt"]
+VOCAB = DEFAULT_CHECKPOINT  # every lever but the vocabulary ones reads the default's vocab.txt
 ROPE = ["--model.position_embedding_type", "rotary"]
 OLD = ["--model.position_embedding_type", "absolute", "--model.norm_position", "post"]
 # The recipe of the default checkpoint before issue 12, for round 1: absolute positions, post-LN,
@@ -153,14 +164,11 @@ LEVERS = [
 VOCAB_SIZES = {"vocab4k": 4096, "vocab16k": 16384}
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def ensure_vocab(runs: Path, name: str) -> Path:
     out = runs / name
     if not (out / "vocab.txt").is_file():
-        cmd = [sys.executable, "-m", "tokenization.cli", "train", "--corpus", *map(str, TRAIN)]
+        cmd = [sys.executable, "-m", "tokenization.cli", "train", "--corpus"]
+        cmd += map(str, TRAIN_FILES)
         cmd += ["--vocab-size", str(VOCAB_SIZES[name]), "--out", str(out)]
         subprocess.run(cmd, check=True, cwd=ROOT)
     return out
@@ -170,12 +178,12 @@ def run_lever(lever: Lever, runs: Path, budget: float) -> None:
     vocab = ensure_vocab(runs, lever.vocab) if lever.vocab else VOCAB
     out = runs / lever.name
     cmd = [sys.executable, "-m", "training.cli", "--config", str(CONFIG)]
-    cmd += ["--corpus", *map(str, TRAIN), "--valid", *map(str, VALID)]
+    cmd += ["--corpus", *map(str, TRAIN_FILES), "--valid", *map(str, VALID_FILES)]
     cmd += ["--vocab", str(vocab), "--output-dir", str(out), "--time-budget", str(budget)]
     cmd += ["--max-steps", "1000000", "--progress_bar", "false", "--eval_every", "250"]
     cmd += ["--save_every", "100000", "--plot", "false", "--tensorboard", "false"]
     cmd += ["--num_threads", "1", *lever.overrides]
-    log(f"{lever.name}: {' '.join(lever.overrides)}")
+    log.info("%s: %s", lever.name, " ".join(lever.overrides))
     with (runs / f"{lever.name}.log").open("w") as f:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
@@ -191,7 +199,7 @@ def collect(lever: Lever, runs: Path) -> dict[str, Any] | None:
     cloze_file = runs / f"{lever.name}.cloze.json"
     if not cloze_file.is_file():
         cmd = [sys.executable, "-m", "training.evaluate", "--task", "cloze"]
-        cmd += ["--checkpoint", str(out / "final"), "--corpus", *map(str, VALID)]
+        cmd += ["--checkpoint", str(out / "final"), "--corpus", *map(str, VALID_FILES)]
         done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
         cloze_file.write_text(done.stdout)
     cloze = json.loads(cloze_file.read_text())
@@ -211,49 +219,52 @@ def collect(lever: Lever, runs: Path) -> dict[str, Any] | None:
     }
 
 
-def cpu_flags() -> str:
-    from bench.bench_cloze import cpu_flags as flags
-
-    return flags()
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = bench_parser("bench_recipes", __doc__, quick=None, out=False)
     ap.add_argument("--budget", type=float, default=10.0, help="minutes of training per run")
     ap.add_argument("--parallel", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", nargs="+", default=None, help="lever names")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipes")
     ap.add_argument("--collect-only", action="store_true", help="tabulate finished runs only")
     args = ap.parse_args(argv)
+    setup_logging()
     levers = [lv for lv in LEVERS if args.only is None or lv.name in args.only]
     args.runs.mkdir(parents=True, exist_ok=True)
     if not args.collect_only:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             list(pool.map(lambda lv: run_lever(lv, args.runs, args.budget), levers))
-        log(f"{len(levers)} runs in {(time.perf_counter() - t0) / 60:.1f} min")
+        log.info("%d runs in %.1f min", len(levers), (time.perf_counter() - t0) / 60)
     table = [r for lv in levers if (r := collect(lv, args.runs)) is not None]
-    lines = [
-        "| run | lever | steps | tokens/s | valid loss | MLM acc | cloze top-1 | cloze top-5 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        note = " (own items)" if "vocab" in r["name"] else ""
-        lines.append(
-            f"| {r['name']} | {r['lever']} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
-            f"{r['valid_loss']:.3f} | {r['valid_accuracy']:.1%} | {r['cloze_top1']:.1%}{note} | "
-            f"{r['cloze_top5']:.1%} |"
-        )
-    text = "\n".join(lines)
+    text = markdown(table)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"cpu_flags": cpu_flags(), "budget_minutes": args.budget, "threads_per_run": 1}
-    (RESULTS / "recipes.json").write_text(json.dumps({**meta, "runs": table}, indent=2) + "\n")
-    (RESULTS / "recipes.md").write_text(
+    meta = {"cpu_flags": cpu_report().summary, "budget_minutes": args.budget, "threads_per_run": 1}
+    write_results(RESULTS / "recipes.json", {**meta, "runs": table})
+    atomic_write_text(
+        RESULTS / "recipes.md",
         f"CPU flags: {meta['cpu_flags']}; {args.budget:g} min per run, 1 torch thread each, "
-        f"{args.parallel} side by side.\n\n{text}\n"
+        f"{args.parallel} side by side.\n\n{text}\n",
     )
     return 0
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    """One row per finished run: its speed, its valid MLM figures and its cloze scores."""
+    rows = [
+        [
+            r["name"],
+            r["lever"],
+            f"{r['steps']:,}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['valid_loss']:.3f}",
+            f"{r['valid_accuracy']:.1%}",
+            f"{r['cloze_top1']:.1%}" + (" (own items)" if "vocab" in r["name"] else ""),
+            f"{r['cloze_top5']:.1%}",
+        ]
+        for r in table
+    ]
+    header = ["run", "lever", "steps", "tokens/s", "valid loss", "MLM acc", "cloze top-1"]
+    return "\n".join(table_lines([*header, "cloze top-5"], rows))
 
 
 if __name__ == "__main__":

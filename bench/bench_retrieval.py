@@ -38,9 +38,7 @@ measured: GPU speed, embedding throughput (see the serving benchmarks), other co
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import logging
 import statistics
 import sys
 import tempfile
@@ -51,13 +49,23 @@ from typing import Any
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-RESULTS = ROOT / "bench" / "results" / "bench_retrieval.json"
-CACHE = ROOT / ".cache" / "bertserve"
-RETRIEVAL_FILE = DATA / "wordnet.valid.txt"
-VALID_FILES = ("wordnet.valid.txt", "pydocs.valid.txt")
-TRAIN_FILES = ("wordnet.train.txt", "pydocs.train.txt")
+from bench.common import (
+    CACHE,
+    DEFAULT_CHECKPOINT,
+    ROOT,
+    TRAIN_FILES,
+    VALID_FILES,
+    bench_parser,
+    cpu_report,
+    named_checkpoints,
+    ratio,
+    setup_logging,
+    table_lines,
+    write_results,
+)
+
+log = logging.getLogger(__name__)
+RETRIEVAL_FILE = VALID_FILES[0]  # wordnet: glosses with usage examples
 TINY_CONFIG = ROOT / "configs" / "bert_tiny.yaml"
 METRICS = ("recall@1", "recall@10", "mrr")
 TARGET_RATIO = 1.5  # issue 8: recall@1 >= 1.5x TF-IDF's
@@ -73,10 +81,6 @@ CONTRASTIVE_KEYS = (
     "temperature",
     "pooling",
 )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def read_training_config(directory: Path) -> dict[str, Any]:
@@ -202,8 +206,8 @@ def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, A
 
     train_over, model_over, source = joint_recipe(checkpoints)
     tokenizer = WordPieceTokenizer.from_pretrained(default)
-    corpus = [str(DATA / f) for f in TRAIN_FILES]
-    valid = [str(DATA / f) for f in VALID_FILES]
+    corpus = [str(f) for f in TRAIN_FILES]
+    valid = [str(f) for f in VALID_FILES]
     tiny = yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
     model_section = {**tiny["model"], **model_over}
     # A step schedule long enough that the timed steps all run near the peak LR.
@@ -299,11 +303,15 @@ def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dic
         by_pooling[p] = {k: m[k] for k in METRICS} | {"seconds": time.perf_counter() - t0}
     ours = by_pooling[pooling]
     t0 = time.perf_counter()
-    mlm = evaluate_checkpoint_mlm(directory, [str(DATA / f) for f in VALID_FILES])
-    log(
-        f"[{name}] {pooling} recall@1 {ours['recall@1']:.4f} "
-        f"(TF-IDF {tfidf['recall@1']:.4f}), MLM accuracy "
-        f"{mlm['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)"
+    mlm = evaluate_checkpoint_mlm(directory, [str(f) for f in VALID_FILES])
+    log.info(
+        "[%s] %s recall@1 %.4f (TF-IDF %.4f), MLM accuracy %.4f (%.0f s)",
+        name,
+        pooling,
+        ours["recall@1"],
+        tfidf["recall@1"],
+        mlm["accuracy"],
+        time.perf_counter() - t0,
     )
     return {
         "name": name,
@@ -318,28 +326,35 @@ def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dic
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """TF-IDF and each checkpoint side by side, with recall@1 as a ratio to TF-IDF's and what the
+    checkpoint's training cost; then notes on cost, the other pooling and the step timing."""
     tfidf = report["tfidf"]
+    rows = [
+        ["TF-IDF", "-", *(f"{tfidf[k]:.4f}" for k in METRICS), ratio(1.0), "-", "-", "-"],
+    ]
+    for r in report["checkpoints"]:
+        m, cc = r["retrieval"], r["contrastive_cost"]
+        total = r["total_train_minutes"]
+        recall_ratio = r["ratio_to_tfidf"]["recall@1"]
+        rows.append(
+            [
+                r["name"],
+                r["pooling"],
+                *(f"{m[k]:.4f}" for k in METRICS),
+                "-" if recall_ratio is None else f"**{ratio(recall_ratio)}**",
+                f"{100 * r['mlm']['accuracy']:.2f}%",
+                "not recorded" if total is None else f"{total:.1f} min",
+                "-" if cc["minutes"] is None else f"{cc['minutes']:.1f} min",
+            ]
+        )
+    header = ["system", "pooling", "recall@1", "recall@10", "MRR", "recall@1 / TF-IDF"]
+    header += ["valid MLM acc", "training, all stages", "contrastive cost"]
     lines = [
         f"Retrieval on {report['queries']:,} valid examples -> their definition among "
         f"{report['candidates']:,} (data/wordnet.valid.txt); ties at their expected value.",
         "",
-        "| system | pooling | recall@1 | recall@10 | MRR | recall@1 / TF-IDF | valid MLM acc "
-        "| training, all stages | contrastive cost |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| TF-IDF | - | {tfidf['recall@1']:.4f} | {tfidf['recall@10']:.4f} "
-        f"| {tfidf['mrr']:.4f} | 1.00x | - | - | - |",
+        *table_lines(header, rows),
     ]
-    for r in report["checkpoints"]:
-        m, ratio, cc = r["retrieval"], r["ratio_to_tfidf"]["recall@1"], r["contrastive_cost"]
-        minutes = "-" if cc["minutes"] is None else f"{cc['minutes']:.1f} min"
-        total = r["total_train_minutes"]
-        total_text = "not recorded" if total is None else f"{total:.1f} min"
-        ratio_text = "-" if ratio is None else f"**{ratio:.2f}x**"
-        lines.append(
-            f"| {r['name']} | {r['pooling']} | {m['recall@1']:.4f} | {m['recall@10']:.4f} "
-            f"| {m['mrr']:.4f} | {ratio_text} | {100 * r['mlm']['accuracy']:.2f}% "
-            f"| {total_text} | {minutes} |"
-        )
     lines.append("")
     for r in report["checkpoints"]:
         lines.append(f"- {r['name']}: contrastive cost: {r['contrastive_cost']['how']}")
@@ -369,38 +384,23 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_named(values: list[str], parser: argparse.ArgumentParser) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--checkpoint takes NAME=DIR, got {value!r}")
-        if name in out or name == "default":
-            parser.error(f"--checkpoint name {name!r} is used twice (or is 'default')")
-        if not (Path(path) / "config.json").is_file():
-            parser.error(f"--checkpoint {name}: {path} is not a checkpoint directory")
-        out[name] = Path(path)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.bench_retrieval",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = bench_parser(
+        "bench_retrieval",
+        __doc__,
+        quick="one pooling, few timed steps",
+        threads=torch.get_num_threads(),
     )
-    parser.add_argument("--quick", action="store_true", help="one pooling, few timed steps")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--default", type=Path, default=ROOT / "checkpoints" / "default")
+    parser.add_argument("--default", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument(
         "--checkpoint", action="append", default=[], metavar="NAME=DIR", help="also bench DIR"
     )
     parser.add_argument("--baseline", help="the NAME to hold the default's MLM accuracy against")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per objective")
     parser.add_argument("--skip-step-timing", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    extra = parse_named(args.checkpoint, parser)
+    setup_logging()
+    extra = named_checkpoints(args.checkpoint, parser, reserved={"default"})
     if args.baseline is not None and args.baseline not in extra:
         parser.error(f"--baseline {args.baseline!r} is not a --checkpoint name")
     baseline = args.baseline or next(iter(extra), None)
@@ -412,13 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     rset = retrieval_set([RETRIEVAL_FILE])
     tfidf = tfidf_retrieval(rset)
-    log(f"TF-IDF recall@1 {tfidf['recall@1']:.4f} on {len(rset.queries)} queries")
+    log.info("TF-IDF recall@1 %.4f on %d queries", tfidf["recall@1"], len(rset.queries))
     checkpoints = {"default": args.default, **extra}
     step_timing: dict[str, Any] = {"skipped": "--skip-step-timing"}
     if not args.skip_step_timing:
         t0 = time.perf_counter()
         step_timing = time_steps(checkpoints, args.default, args)
-        log(f"step timing: {step_timing} ({time.perf_counter() - t0:.0f} s)")
+        log.info("step timing: %s (%.0f s)", step_timing, time.perf_counter() - t0)
     results = []
     for name, directory in checkpoints.items():
         r = bench_checkpoint(name, directory, rset, tfidf, args)
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "threads": args.threads,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_report().machine,
         "corpus": str(RETRIEVAL_FILE.relative_to(ROOT)),
         "queries": len(rset.queries),
         "candidates": len(rset.candidates),
@@ -453,8 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     report["wall_s"] = time.perf_counter() - t_start
     print(markdown(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_results(args.out, report)
     return 0
 
 

@@ -29,22 +29,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.wrk import fill_mask_bodies, stage_table, wrk_bodies
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    RESULTS,
+    bench_parser,
+    cpu_report,
+    setup_logging,
+    table_lines,
+    write_results,
+)
+from bench.server import Server
+from bench.wrk import fill_mask_bodies, require_wrk, stage_table, wrk_bodies
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"
-HOST = "127.0.0.1"  # loopback only
+log = logging.getLogger(__name__)
 STAGE_METRICS = ("bert_request_stage_seconds", "bert_event_loop_lag_seconds")
 TARGETS = {
     "ours / hf throughput": (">=", 6.0),
@@ -52,88 +56,6 @@ TARGETS = {
     "ours p99 / ours p50": ("<=", 3.0),
     "ours / ours-off throughput": (">=", 2.0),
 }
-
-
-# --- servers --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A server subprocess on a free loopback port; always terminated on exit.
-
-    By default ``python -m <argv>`` with this interpreter; ``command`` runs another program
-    (another venv's server) with ``argv`` as its arguments, ``env`` adds to its environment.
-    Either way ``--port N`` is appended and ``/health`` must answer 200.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        command: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        log: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.port = free_port()
-        self.argv = [*argv, "--port", str(self.port)]
-        self.command = [sys.executable, "-m"] if command is None else command
-        self.extra_env = env or {}
-        self.url = f"http://{HOST}:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.log = log or RESULTS / f"bench_serve_{name}.log"
-
-    def __enter__(self) -> Server:
-        import httpx
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERT_SERVE_")}
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env.update(self.extra_env)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [*self.command, *self.argv],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 180
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not become healthy; see {self.log}")
-            time.sleep(0.25)
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process so far (Linux /proc), else None."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, AttributeError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
 
 
 def verify(url: str, text: str) -> None:
@@ -149,20 +71,12 @@ def verify(url: str, text: str) -> None:
     assert "token_str" in first and "score" in first, r.text[:200]
 
 
-def cpu_flags() -> list[str]:
-    """The CPU features that decide which precision is fast here."""
-    from model.hardware import cpu_flags as present
-
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
-    return [f for f in wanted if f in (present() or ())]
-
-
 def run_server(name: str, argv: list[str], args: argparse.Namespace, bodies: list[dict]) -> list:
     """Every connection level against one server; ours also reports its stage breakdown."""
     import httpx
 
     levels = []
-    with Server(name, argv) as server:
+    with Server(name, argv, log=RESULTS / f"bench_serve_{name}.log") as server:
         verify(server.url, bodies[0]["inputs"])
         for connections in args.connections:
             wrk_bodies(server.url, "/fill-mask", bodies, connections, args.warmup)
@@ -177,12 +91,14 @@ def run_server(name: str, argv: list[str], args: argparse.Namespace, bodies: lis
             if name != "hf":
                 after = httpx.get(f"{server.url}/metrics").text
                 level["stages"] = stage_table(before, after, STAGE_METRICS)
-            print(f"{name:9s} {json.dumps(level)}", file=sys.stderr)
+            log.info("%-9s %s", name, json.dumps(level))
             levels.append(level)
     return levels
 
 
 def ratios_at(results: dict[str, list[dict]], connections: int) -> dict[str, float]:
+    """The ratios of TARGETS at one connection count, those whose servers ran."""
+
     def level(name: str) -> dict | None:
         rows = [r for r in results.get(name, []) if r["connections"] == connections]
         return rows[0] if rows else None
@@ -200,41 +116,40 @@ def ratios_at(results: dict[str, list[dict]], connections: int) -> dict[str, flo
 
 
 def markdown(results: dict[str, list[dict]], ratios: dict[str, float], top: int) -> str:
+    """Servers side by side per connection count, the ratios against their targets, and our
+    stage breakdown at ``top`` connections."""
     names = list(results)
-    lines = [
-        "| connections | " + " | ".join(f"{n} req/s (p50 / p99 ms)" for n in names) + " |",
-        "|---:|" + "---|" * len(names),
+    levels = [  # one row per connection count, each server's figures side by side
+        [
+            rows[0]["connections"],
+            *(f"{r['rps']:,.0f} ({r['p50_ms']:g} / {r['p99_ms']:g})" for r in rows),
+        ]
+        for rows in zip(*(results[n] for n in names), strict=True)
     ]
-    for i, level in enumerate(results[names[0]]):
-        cells = []
-        for n in names:
-            r = results[n][i]
-            cells.append(f"{r['rps']:,.0f} ({r['p50_ms']:g} / {r['p99_ms']:g})")
-        lines.append(f"| {level['connections']} | " + " | ".join(cells) + " |")
-    lines += ["", f"| ratio at {top} connections | value | target |", "|---|---:|---:|"]
+    header = ["connections", *(f"{n} req/s (p50 / p99 ms)" for n in names)]
+    lines = table_lines(header, levels, "r" + "l" * len(names))
+    checks = []
     for k, v in ratios.items():
         op, goal = TARGETS[k]
         met = v >= goal if op == ">=" else v <= goal
-        lines.append(f"| {k} | {v:.2f} | {op} {goal:g} {'(met)' if met else '(NOT met)'} |")
+        checks.append([k, f"{v:.2f}", f"{op} {goal:g} {'(met)' if met else '(NOT met)'}"])
+    lines += ["", *table_lines([f"ratio at {top} connections", "value", "target"], checks, "lrr")]
     stages = next(
         (r.get("stages") for r in results.get("ours", []) if r["connections"] == top), None
     )
     if stages:
-        lines += [
-            "",
-            f"| ours at {top} connections: stage | mean ms | p50 ms (at most) | p99 ms (at most) |",
+        header = [f"ours at {top} connections: stage", "mean ms"]
+        header += ["p50 ms (at most)", "p99 ms (at most)"]
+        rows = [
+            [stage, row["mean_ms"], row["p50_ms_at_most"], row["p99_ms_at_most"]]
+            for stage, row in stages.items()
         ]
-        lines.append("|---|---:|---:|---:|")
-        for stage, row in stages.items():
-            lines.append(
-                f"| {stage} | {row['mean_ms']} | {row['p50_ms_at_most']} | {row['p99_ms_at_most']} |"
-            )
+        lines += ["", *table_lines(header, rows, "lrrr")]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serving benchmark (see module docstring).")
-    parser.add_argument("--quick", action="store_true", help="5 s per level, 2 s warm-up")
+    parser = bench_parser("bench_serve", __doc__, quick="5 s per level, 2 s warm-up")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--connections", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per level")
@@ -243,14 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         "--torch-threads", type=int, default=None, help="for every server (default: cores - 1)"
     )
     parser.add_argument("--only", default="hf,ours-off,ours", help="comma-separated servers")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bench_serve.json")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        parser.exit(2, "bench_serve: wrk is missing: sudo apt-get install -y wrk\n")
+    require_wrk(parser)
+    setup_logging()
     args.connections = [int(c) for c in args.connections.split(",")]
     if args.quick:
         args.duration, args.warmup = 5.0, 2.0
-    RESULTS.mkdir(parents=True, exist_ok=True)
     threads = args.torch_threads or max(1, (os.cpu_count() or 1) - 1)
     bodies = fill_mask_bodies()
     ours = ["app.cli", "--checkpoint", str(args.checkpoint), "--log-level", "warning"]
@@ -266,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = ratios_at(results, top)
     table = markdown(results, ratios, top)
     print(table)
+    cpu = cpu_report()
     report = {
         "benchmark": "bench_serve",
         "load": "wrk",
@@ -273,15 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "checkpoint": str(args.checkpoint),
         "torch_threads": threads,
-        "cpu_count": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
-        "platform": platform.platform(),
+        "cpu_count": cpu.cpus,
+        "cpu_flags": cpu.present,
+        "platform": cpu.platform,
         "python": platform.python_version(),
         "results": results,
         "ratios": ratios,
         "table": table,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report)
     failed = sum(r["errors"] for levels in results.values() for r in levels)
     return 1 if failed else 0
 

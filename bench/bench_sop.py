@@ -19,8 +19,8 @@ pretraining from scratch (a 2-hour run per arm) and NSP (the other `sentence_obj
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,13 +31,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.bench_cloze import cpu_flags, log, save_results
+from bench.common import (
+    CACHE,
+    DEFAULT_CHECKPOINT,
+    ROOT,
+    SUPERSENSE_TRAIN,
+    SUPERSENSE_VALID,
+    TRAIN_FILES,
+    VALID_FILES,
+    bench_parser,
+    cpu_report,
+    setup_logging,
+    supersense_sample,
+    table_lines,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-RESULTS = ROOT / "bench" / "results" / "bench_sop.json"
-CORPUS = [DATA / "wordnet.train.txt", DATA / "pydocs.train.txt"]
-VALID = [DATA / "wordnet.valid.txt", DATA / "pydocs.valid.txt"]
+log = logging.getLogger(__name__)
 
 
 def side_by_side(commands: list[list[str]]) -> None:
@@ -51,7 +61,7 @@ def side_by_side(commands: list[list[str]]) -> None:
 
 def pretrain_command(name: str, sop_weight: float, base: Path, minutes: float, out: Path) -> list:
     cmd = [sys.executable, "-m", "training.cli", "--config", str(ROOT / "configs/bert_tiny.yaml")]
-    cmd += ["--corpus", *map(str, CORPUS), "--valid", *map(str, VALID)]
+    cmd += ["--corpus", *map(str, TRAIN_FILES), "--valid", *map(str, VALID_FILES)]
     cmd += ["--output-dir", str(out / name), "--time-budget", str(minutes)]
     cmd += ["--init_from", str(base), "--lr", "1e-3", "--warmup_fraction", "0.06"]
     cmd += ["--sop_weight", str(sop_weight), "--num_threads", "1", "--progress_bar", "false"]
@@ -76,7 +86,7 @@ def sop_accuracy(checkpoint: Path, rows: int = 512) -> float:
 
     model = BertForMaskedLM.from_pretrained(checkpoint, nsp_head=True).eval()
     tok = WordPieceTokenizer.from_pretrained(checkpoint)
-    corpora = load_corpus([str(f) for f in VALID], tok, cache_dir=str(ROOT / ".cache/bertserve"))
+    corpora = load_corpus([str(f) for f in VALID_FILES], tok, cache_dir=str(CACHE))
     data = PackedDataset(corpora, seq_len=128, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id)
     index = np.arange(min(rows, len(data)))
     ids, _ = data.rows(index)
@@ -94,34 +104,28 @@ def sop_accuracy(checkpoint: Path, rows: int = 512) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default")
+    ap = bench_parser("bench_sop", __doc__, quick="1-minute pretraining and fine-tuning")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     ap.add_argument("--pretrain-min", type=float, default=10.0)
     ap.add_argument("--finetune-min", type=float, default=5.0)
     ap.add_argument("--sop-weight", type=float, default=1.0)
-    ap.add_argument("--quick", action="store_true", help="1-minute pretraining and fine-tuning")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    from bench.bench_finetune import VALID as SUPERSENSE_VALID
-    from bench.bench_finetune import quick_files
+    setup_logging()
     from training.evaluate import evaluate_checkpoint_retrieval
 
     pre_min = 1.0 if args.quick else args.pretrain_min
     ft_min = 1.0 if args.quick else args.finetune_min
     work = Path(tempfile.mkdtemp(prefix="bench_sop-"))
     arms = {"mlm": 0.0, "mlm+sop": args.sop_weight}
-    log(f"pretraining both arms for {pre_min} min, side by side ...")
+    log.info("pretraining both arms for %s min, side by side ...", pre_min)
     side_by_side([pretrain_command(n, w, args.checkpoint, pre_min, work) for n, w in arms.items()])
-    if args.quick:
-        train, valid = quick_files(work)
-    else:
-        train, valid = DATA / "wordnet-supersense.train.tsv", SUPERSENSE_VALID
-    log(f"fine-tuning both for {ft_min} min, side by side ...")
+    train, valid = supersense_sample(work) if args.quick else (SUPERSENSE_TRAIN, SUPERSENSE_VALID)
+    log.info("fine-tuning both for %s min, side by side ...", ft_min)
     side_by_side(
         [finetune_command(work / n / "final", train, valid, ft_min, work / f"ft-{n}") for n in arms]
     )
     results: dict[str, Any] = {
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": cpu_report().summary,
         "pretrain_min": pre_min,
         "finetune_min": ft_min,
         "sop_weight": args.sop_weight,
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in arms:
         final = work / name / "final"
         best = json.loads((work / f"ft-{name}" / "best" / "eval.json").read_text())
-        ret = evaluate_checkpoint_retrieval(final, [str(VALID[0])])
+        ret = evaluate_checkpoint_retrieval(final, [str(VALID_FILES[0])])
         results["arms"][name] = {
             "finetune_accuracy": best["accuracy"],
             "finetune_macro_f1": best["macro_f1"],
@@ -140,25 +144,28 @@ def main(argv: list[str] | None = None) -> int:
             "sop_accuracy": sop_accuracy(final) if arms[name] > 0 else None,
         }
     print(report(results))
-    save_results(args.out, results)
+    write_results(args.out, results)
     return 0
 
 
 def report(results: dict[str, Any]) -> str:
+    """Both arms side by side, then the SOP arm's gains over MLM-only."""
     a = results["arms"]
-    lines = [
+    caption = (
         f"continued pretraining {results['pretrain_min']} min per arm (1 thread each, side by "
-        f"side), fine-tuning {results['finetune_min']} min; CPU flags: {results['cpu_flags']}",
-        "",
-        "| arm | supersense accuracy | macro-F1 | retrieval recall@1 | MRR | SOP accuracy |",
-        "|---|---|---|---|---|---|",
+        f"side), fine-tuning {results['finetune_min']} min; CPU flags: {results['cpu_flags']}"
+    )
+    header = ["arm", "supersense accuracy", "macro-F1", "retrieval recall@1", "MRR", "SOP accuracy"]
+    figures = ("finetune_accuracy", "finetune_macro_f1", "retrieval_recall_at_1", "retrieval_mrr")
+    rows = [
+        [
+            name,
+            *(f"{r[k]:.4f}" for k in figures),
+            "-" if r["sop_accuracy"] is None else f"{r['sop_accuracy']:.3f}",
+        ]
+        for name, r in a.items()
     ]
-    for name, r in a.items():
-        sop = "-" if r["sop_accuracy"] is None else f"{r['sop_accuracy']:.3f}"
-        lines.append(
-            f"| {name} | {r['finetune_accuracy']:.4f} | {r['finetune_macro_f1']:.4f} | "
-            f"{r['retrieval_recall_at_1']:.4f} | {r['retrieval_mrr']:.4f} | {sop} |"
-        )
+    lines = [caption, "", *table_lines(header, rows)]
     m, s = a["mlm"], a["mlm+sop"]
     lines.append(
         f"\nSOP - MLM-only: macro-F1 {100 * (s['finetune_macro_f1'] - m['finetune_macro_f1']):+.1f} "

@@ -13,20 +13,26 @@ request's texts at a time, off the event loop).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = [ROOT / "data" / "wordnet.train.txt", ROOT / "data" / "pydocs.train.txt"]
-VALID = [ROOT / "data" / "wordnet.valid.txt", ROOT / "data" / "pydocs.valid.txt"]
+from bench.common import (
+    ROOT,
+    TRAIN_FILES,
+    VALID_FILES,
+    bench_parser,
+    ratio,
+    setup_logging,
+    table_lines,
+    write_results,
+)
 
 
-def _lines(files: list[Path], limit: int | None = None) -> list[str]:
+def _lines(files: Iterable[Path], limit: int | None = None) -> list[str]:
     out: list[str] = []
     for f in files:
         with open(f, encoding="utf-8") as fh:
@@ -42,7 +48,8 @@ def _rate(fn, texts: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))  # the hostile strings live with the parity test
+    # The hostile strings live with the parity test (tests/ mirrors the packages).
+    sys.path.insert(0, str(ROOT / "tests" / "tokenization"))
     from test_tokenizer_parity import HOSTILE
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
@@ -50,22 +57,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tokenization import WordPieceTokenizer
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = bench_parser("bench_tokenizer", __doc__, quick=None)
     ap.add_argument("--lines", type=int, default=50_000, help="corpus lines for the speed test")
     ap.add_argument("--vocab-size", type=int, default=16_000)
     args = ap.parse_args(argv)
+    setup_logging()
     work = Path(tempfile.mkdtemp(prefix="bench_tok_"))
     results: dict = {"vocab_size": args.vocab_size, "lines": args.lines}
 
     # --- vocabulary training, full corpus ---------------------------------------------------
     t0 = time.perf_counter()
-    ours = WordPieceTokenizer.train(TRAIN, vocab_size=args.vocab_size, min_frequency=2)
+    ours = WordPieceTokenizer.train(list(TRAIN_FILES), vocab_size=args.vocab_size, min_frequency=2)
     ours_train = time.perf_counter() - t0
     ours.save_pretrained(work / "ours")
     t0 = time.perf_counter()
     rust_trainer = BertWordPieceTokenizer(lowercase=True)
     rust_trainer.train(
-        [str(f) for f in TRAIN],
+        [str(f) for f in TRAIN_FILES],
         vocab_size=args.vocab_size,
         min_frequency=2,
         limit_alphabet=1_000_000,
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     fast = BertTokenizerFast.from_pretrained(work / "ours")
     slow = BertTokenizerLegacy.from_pretrained(work / "ours")
     assert len(fast) == len(slow) == ours.vocab_size, "transformers did not read vocab.txt"
-    valid = _lines(VALID)
+    valid = _lines(VALID_FILES)
     fast_bad = slow_bad = 0
     for text in itertools.chain(valid, HOSTILE):
         enc = ours.encode(text)
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     # --- single-text encode throughput ------------------------------------------------------
-    texts = _lines(TRAIN, args.lines)
+    texts = _lines(TRAIN_FILES, args.lines)
     rust = BertWordPieceTokenizer(str(work / "ours" / "vocab.txt"), lowercase=True)
     fresh = WordPieceTokenizer.from_pretrained(work / "ours")
     speed = {
@@ -122,30 +130,39 @@ def main(argv: list[str] | None = None) -> dict:
         "train_time_ours_over_rust": ours_train / rust_train,
     }
 
-    print(f"\n## Tokenizer benchmark ({args.lines} corpus lines, vocab {args.vocab_size})\n")
-    print("| measure | ours | reference | ratio |")
-    print("|---|---|---|---|")
-    print(
-        f"| parity, {n_parity} texts (valid splits + hostile) | {fast_bad} mismatches vs "
-        f"BertTokenizer(Fast) | {slow_bad} vs legacy Python BertTokenizer | - |"
-    )
+    rows = [
+        [
+            f"parity, {n_parity} texts (valid splits + hostile)",
+            f"{fast_bad} mismatches vs BertTokenizer(Fast)",
+            f"{slow_bad} vs legacy Python BertTokenizer",
+            "-",
+        ]
+    ]
     for label, mine, ref, name in (
         ("encode/s, cold cache", "ours_cold_cache", "rust_tokenizers", "Rust"),
         ("encode/s, warm cache", "ours_warm", "rust_tokenizers", "Rust"),
         ("encode/s, warm", "ours_warm", "transformers_BertTokenizer", "transformers"),
         ("encode + offsets/s", "ours_warm_with_offsets", "rust_with_offsets", "Rust"),
     ):
-        print(
-            f"| {label} | {speed[mine]:,.0f} | {speed[ref]:,.0f} ({name}) | "
-            f"{speed[mine] / speed[ref]:.2f}x |"
+        rows.append(
+            [
+                label,
+                f"{speed[mine]:,.0f}",
+                f"{speed[ref]:,.0f} ({name})",
+                ratio(speed[mine] / speed[ref]),
+            ]
         )
-    print(
-        f"| vocab training, full corpus | {ours_train:.1f}s | {rust_train:.1f}s (Rust trainer) | "
-        f"{ours_train / rust_train:.2f}x time (vocab overlap {overlap:.1%}) |"
+    rows.append(
+        [
+            "vocab training, full corpus",
+            f"{ours_train:.1f}s",
+            f"{rust_train:.1f}s (Rust trainer)",
+            f"{ratio(ours_train / rust_train)} time (vocab overlap {overlap:.1%})",
+        ]
     )
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_tokenizer.json").write_text(json.dumps(results, indent=2))
+    print(f"\n## Tokenizer benchmark ({args.lines} corpus lines, vocab {args.vocab_size})\n")
+    print("\n".join(table_lines(["measure", "ours", "reference", "ratio"], rows)))
+    write_results(args.out, results)
     return results
 
 

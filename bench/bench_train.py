@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,12 +44,20 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-CACHE = ROOT / ".cache" / "bertserve"
-RESULTS = ROOT / "bench" / "results" / "bench_train.json"
-TRAIN_FILES = ("wordnet.train.txt", "pydocs.train.txt")
-VALID_FILES = ("wordnet.valid.txt", "pydocs.valid.txt")
+from bench.common import (
+    CACHE,
+    ROOT,
+    TRAIN_FILES,
+    VALID_FILES,
+    bench_parser,
+    cpu_report,
+    ratio,
+    setup_logging,
+    table_lines,
+    write_results,
+)
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,16 +83,16 @@ def prepare(args: argparse.Namespace) -> SimpleNamespace:
     tok_dir = CACHE / f"bench_vocab_{vocab_size}"
     if not (tok_dir / "vocab.txt").is_file():
         t0 = time.perf_counter()
-        tok = WordPieceTokenizer.train([str(DATA / f) for f in TRAIN_FILES], vocab_size=vocab_size)
+        tok = WordPieceTokenizer.train([str(f) for f in TRAIN_FILES], vocab_size=vocab_size)
         tok.save_pretrained(tok_dir)
-        print(f"trained a {tok.vocab_size}-token vocabulary in {time.perf_counter() - t0:.0f}s")
+        log.info("trained a %d-token vocabulary in %.0fs", tok.vocab_size, time.perf_counter() - t0)
     tok = WordPieceTokenizer.from_pretrained(tok_dir)
     seq = cfg.max_seq_length
     train = build_dataset(
-        load_corpus([DATA / f for f in TRAIN_FILES], tok, CACHE), tok, seq_len=seq, packing=True
+        load_corpus(list(TRAIN_FILES), tok, CACHE), tok, seq_len=seq, packing=True
     )
     valid = build_dataset(
-        load_corpus([DATA / f for f in VALID_FILES], tok, CACHE), tok, seq_len=seq, packing=True
+        load_corpus(list(VALID_FILES), tok, CACHE), tok, seq_len=seq, packing=True
     )
     model_config = build_model_config(model_section, tok.vocab_size, cfg)
     return SimpleNamespace(
@@ -249,7 +256,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
     out = workdir / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "training.cli", "--config", str(args.config), "--output-dir", str(out)]
-    cmd += ["--corpus", *[str(DATA / f) for f in TRAIN_FILES], "--max-steps", str(steps + 2)]
+    cmd += ["--corpus", *[str(f) for f in TRAIN_FILES], "--max-steps", str(steps + 2)]
     cmd += ["--vocab", str(args.env.tok_dir), "--cache_dir", str(CACHE), "--log_every", "2"]
     cmd += ["--save_every", "0", "--eval_every", "0", "--precision", "fp32", "--plot", "false"]
     cmd += ["--tensorboard", "false", "--progress_bar", "false", "--log-level", "WARNING"]
@@ -313,42 +320,57 @@ def quality(
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """Both systems side by side: throughput, then what each learned in the same budget."""
     tp = report["throughput"]
-    lines = [
-        f"### MLM training, {report['config']} ({report['shape']}), {report['threads']} threads, "
-        f"batch {report['rows_per_step']} x {report['seq_len']} tokens",
-        "",
-        "| measure | ours | transformers loop | ours / transformers |",
-        "|---|---:|---:|---:|",
-        f"| training tokens/s (fp32, {tp['steps']} interleaved steps) | {tp['ours']:,.0f} | "
-        f"{tp['transformers']:,.0f} | {tp['ratio']:.2f}x |",
+    rows = [
+        [
+            f"training tokens/s (fp32, {tp['steps']} interleaved steps)",
+            f"{tp['ours']:,.0f}",
+            f"{tp['transformers']:,.0f}",
+            ratio(tp["ratio"]),
+        ]
     ]
     if "ddp_tokens_per_s" in report:
         d = report["ddp_tokens_per_s"]
-        lines.append(
-            f"| tokens/s, ours under torchrun 2 x 1 thread | {d:,.0f} | {tp['transformers']:,.0f} "
-            f"| {d / tp['transformers']:.2f}x |"
+        rows.append(
+            [
+                "tokens/s, ours under torchrun 2 x 1 thread",
+                f"{d:,.0f}",
+                f"{tp['transformers']:,.0f}",
+                ratio(d / tp["transformers"]),
+            ]
         )
     q = report.get("quality")
     if q:
         o, h = q["ours"], q["transformers"]
-        lines += [
-            f"| steps in {q['budget_s'] / 60:.1f} min | {o['steps']} | {h['steps']} | |",
-            f"| valid masked-token accuracy | {100 * o['accuracy']:.2f}% | "
-            f"{100 * h['accuracy']:.2f}% | {q['accuracy_points']:+.2f} points |",
-            f"| valid MLM loss (perplexity) | {o['loss']:.3f} ({o['perplexity']:.0f}) | "
-            f"{h['loss']:.3f} ({h['perplexity']:.0f}) | |",
+        rows += [
+            [f"steps in {q['budget_s'] / 60:.1f} min", o["steps"], h["steps"], ""],
+            [
+                "valid masked-token accuracy",
+                f"{100 * o['accuracy']:.2f}%",
+                f"{100 * h['accuracy']:.2f}%",
+                f"{q['accuracy_points']:+.2f} points",
+            ],
+            [
+                "valid MLM loss (perplexity)",
+                f"{o['loss']:.3f} ({o['perplexity']:.0f})",
+                f"{h['loss']:.3f} ({h['perplexity']:.0f})",
+                "",
+            ],
         ]
-    return "\n".join(lines)
+    caption = (
+        f"### MLM training, {report['config']} ({report['shape']}), {report['threads']} threads, "
+        f"batch {report['rows_per_step']} x {report['seq_len']} tokens"
+    )
+    header = ["measure", "ours", "transformers loop", "ours / transformers"]
+    return "\n".join([caption, "", *table_lines(header, rows, "lrrr")])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_train", description=__doc__.split("\n")[0])
+    parser = bench_parser("bench_train", __doc__, quick="few steps, a 1-minute budget", threads=2)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "bert_mini.yaml")
-    parser.add_argument("--quick", action="store_true", help="few steps, a 1-minute budget")
     parser.add_argument("--budget-minutes", type=float, default=None, help="default 10 (quick: 1)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 12, quick 4)")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None, help="override the config's")
     parser.add_argument("--accum", type=int, default=None, help="override the config's")
     parser.add_argument("--eval-rows", type=int, default=None, help="default 1024 (quick: 256)")
@@ -357,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", nargs=2, action="append", metavar=("KEY", "VALUE"), help="config override"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    setup_logging()
     torch.set_num_threads(args.threads)
     budget = 60 * (args.budget_minutes or (1.0 if args.quick else 10.0))
     steps = args.steps or (4 if args.quick else 12)
@@ -367,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     env = prepare(args)
     args.env = env
     mc, cfg = env.model_config, env.cfg
+    cpu = cpu_report()
     report: dict[str, Any] = {
         "config": args.config.name,
         "shape": f"L{mc.num_hidden_layers} H{mc.hidden_size} A{mc.num_attention_heads} "
@@ -375,24 +398,23 @@ def main(argv: list[str] | None = None) -> int:
         "rows_per_step": cfg.batch_size * cfg.grad_accum_steps,
         "seq_len": cfg.max_seq_length,
         "quick": args.quick,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu_count": cpu.cpus, "platform": cpu.platform},
         "torch": str(torch.__version__),
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print(f"throughput: {steps} steps each, interleaved ...", file=sys.stderr)
+        log.info("throughput: %d steps each, interleaved ...", steps)
         report["throughput"] = throughput(env, steps, warmup=1, workdir=work)
         if args.ddp:
-            print("throughput under torchrun (2 x 1 thread) ...", file=sys.stderr)
+            log.info("throughput under torchrun (2 x 1 thread) ...")
             report["ddp_tokens_per_s"] = throughput_ddp(args, steps, work)
         if not args.skip_quality:
-            print(f"quality: {budget / 60:.1f} min of training each ...", file=sys.stderr)
+            log.info("quality: %.1f min of training each ...", budget / 60)
             report["quality"] = quality(env, budget, slice_s=5.0, eval_rows=eval_rows, workdir=work)
     table = markdown(report)
     print(table)
     report["markdown"] = table
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_results(args.out, report)
     return 0
 
 

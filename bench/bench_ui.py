@@ -18,22 +18,26 @@ rendering. Needs wrk (``sudo apt-get install -y wrk``).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
+import logging
 import statistics
-import sys
-from pathlib import Path
 
-from bench.bench_serve import Server
-from bench.wrk import fill_mask_bodies, wrk_bodies
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    RESULTS,
+    bench_parser,
+    cpu_report,
+    setup_logging,
+    table_lines,
+    write_results,
+)
+from bench.server import Server
+from bench.wrk import fill_mask_bodies, require_wrk, wrk_bodies
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+log = logging.getLogger(__name__)
 
 
 def measure(checkpoint: str, ui: bool, args: argparse.Namespace, load: list[dict]) -> dict:
+    """One server, the page on or off: warm-up, then the measured wrk run."""
     name = "ui_on" if ui else "ui_off"
     env = {"BERT_SERVE_UI": "true" if ui else "false"}
     argv = ["app.cli", "--checkpoint", checkpoint]
@@ -43,19 +47,17 @@ def measure(checkpoint: str, ui: bool, args: argparse.Namespace, load: list[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "default"))
+    parser = bench_parser("bench_ui", __doc__, quick="2 rounds of 5 s")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of load per run")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 5 s")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bench_ui.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 2, 5.0
-    if shutil.which("wrk") is None:
-        parser.exit(2, "bench_ui: wrk is missing: sudo apt-get install -y wrk\n")
+    require_wrk(parser)
+    setup_logging()
     load = fill_mask_bodies()
     runs: dict[str, list[dict]] = {"ui_on": [], "ui_off": []}
     for r in range(args.rounds):
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         for ui in order:
             result = measure(args.checkpoint, ui, args, load)
             runs["ui_on" if ui else "ui_off"].append(result)
-            print(f"round {r + 1} ui {'on ' if ui else 'off'}: {result}", file=sys.stderr)
+            log.info("round %d ui %s: %s", r + 1, "on " if ui else "off", result)
 
     def noise(rows: list[dict]) -> float:
         rps = [row["rps"] for row in rows]
@@ -78,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "noise": round(max(noise(runs["ui_on"]), noise(runs["ui_off"])), 3),
         "errors": sum(row["errors"] for rows in runs.values() for row in rows),
     }
+    cpu = cpu_report()
     out = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": cpu.cpus, "platform": cpu.platform},
         "settings": {
             "checkpoint": args.checkpoint,
             "rounds": args.rounds,
@@ -89,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print("| UI | requests/s per round | p99 ms per round | mean requests/s |")
-    print("|---|---|---|---|")
+    write_results(args.out, out)
+    table = []
     for key, label in (("ui_on", "on"), ("ui_off", "off")):
         rows = runs[key]
         rps = ", ".join(f"{row['rps']:.1f}" for row in rows)
         p99 = ", ".join(f"{row['p99_ms']:.0f}" for row in rows)
-        print(f"| {label} | {rps} | {p99} | {statistics.mean(row['rps'] for row in rows):.1f} |")
+        table.append([label, rps, p99, f"{statistics.mean(row['rps'] for row in rows):.1f}"])
+    header = ["UI", "requests/s per round", "p99 ms per round", "mean requests/s"]
+    print("\n".join(table_lines(header, table)))
     print(
         f"\non / off: {summary['ratio_on_off']:.3f}x; noise (largest gap between rounds of one "
         f"setting): {summary['noise'] * 100:.1f}%; errors: {summary['errors']}"

@@ -4,24 +4,26 @@ benchmarks read back from our server.
 
 * ``wrk_bodies(url, path, bodies, connections, seconds)``: one wrk run POSTing the JSON bodies in
   turn (a Lua script), parsed into requests/s, p50/p99 ms, errors.
+* ``require_wrk(parser)``: exit with the install command where wrk is missing.
 * ``fill_mask_bodies(n)``: /fill-mask bodies, a validation-set gloss with its middle word masked.
 * ``histograms(metrics_text)`` and ``stage_table(before, after)``: Prometheus histograms from
   ``/metrics`` and, between two scrapes, each stage's request count, mean and bucket p50/p99.
 
-Deliberately not here: starting servers (``bench.bench_serve.Server``), verifying answers.
+Deliberately not here: starting servers (``bench.server.Server``), verifying answers.
 Needs wrk (``sudo apt-get install -y wrk``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from bench.common import DATA
 
 LUA = """
 local bodies = {
@@ -40,6 +42,13 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
+
+
+def require_wrk(parser: argparse.ArgumentParser) -> None:
+    """Exit (status 2) saying how to install wrk, where it is not on PATH."""
+    if shutil.which("wrk") is None:
+        name = parser.prog.rsplit(".", 1)[-1]
+        parser.exit(2, f"{name}: wrk is missing: sudo apt-get install -y wrk\n")
 
 
 def wrk_bodies(

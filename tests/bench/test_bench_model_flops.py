@@ -1,10 +1,10 @@
-"""`bench.bench_model.encoder_flops`: the analytic FLOP count behind the efficiency figures."""
+"""`bench.efficiency.encoder_flops`: the analytic FLOP count behind the efficiency figures."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from bench.bench_model import encoder_flops
+from bench.efficiency import encoder_flops
 from model import BertConfig, BertForMaskedLM
 
 
