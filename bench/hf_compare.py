@@ -17,7 +17,7 @@ that last-layer pruning is timed as well and shown in brackets. All then apply s
 and the top-5 ids must be identical (a row whose ranked top-5 probabilities all match within
 1e-5 but whose ids differ, two near-equal candidates trading places, is counted as a tie, not a
 failure). Reduced precisions (``serve_precisions``) are loaded as the server loads them, through
-`app.engine.load_engine(precision=...)`: converted, then kept only if they pass the accuracy gate
+`app.loading.load_engine(precision=...)`: converted, then kept only if they pass the accuracy gate
 against fp32 (`app.precision`); each one that passes is timed beside the others against HF fp32,
 and the gate's figures are reported either way.
 
