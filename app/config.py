@@ -125,6 +125,14 @@ class ServeConfig(BaseSettings):
         default="auto", description="Model precision (gated against fp32)."
     )
 
+    # The prompt put before every text to embed when a request names none (a name from the model's
+    # sentence-transformers prompts; unset: the model's own default_prompt_name, if any).
+    default_prompt_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Prompt name used when an embedding request names none.",
+    )
+
     # --- threads -------------------------------------------------------------------------------
     # torch intra-op threads; None means (cores - 1) so the event loop keeps a core to itself.
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads.")

@@ -3,19 +3,20 @@ with it.
 
 * ``Engine.self_test()``: a forward pass on a fixed input whose shapes and values must be sane
   (``app.loading.load_engine`` builds engines and calls it).
-* ``Engine.capabilities``: what the model can do (fill-mask needs an MLM head, classification a
-  classifier, whose labels it lists) and the defaults of its embeddings (pooling, normalisation,
-  token limit), which ``/info`` reports.
-* ``Engine.encode*`` turn request texts into ``Encoded`` inputs (run in the tokenizer thread):
-  truncation, the token limit, ``[MASK]`` positions, fill-mask targets.
-* ``Engine.run_batch(jobs)`` computes a batch of fill-mask, embedding and classification jobs in
-  one go (run in the dedicated model thread, under ``torch.inference_mode``): inputs sorted by
-  length, split into forward passes by ``plan_chunks``, MLM logits only at ``[MASK]`` positions,
-  and a pass of classifications alone runs its last layer at ``[CLS]`` only.
+* ``Engine.capabilities``: what the model can do (fill-mask and SPLADE need an MLM head,
+  classification a classifier, whose labels it lists; reranking a one-label classifier) and the
+  defaults of its embeddings (pooling, normalisation, prompts, token limit), which ``/info``
+  reports.
+* ``Engine.encode*`` turn request texts and sentence pairs into ``Encoded`` inputs (run in the
+  tokenizer thread): truncation, the token limit, ``[MASK]`` positions, fill-mask targets.
+* ``Engine.run_batch(jobs)`` computes a batch of jobs of every kind (``app.jobs``) in one go
+  (run in the dedicated model thread, under ``torch.inference_mode``): inputs sorted by length,
+  split into forward passes by ``plan_chunks``, MLM logits only at ``[MASK]`` positions (and for
+  SPLADE one input at a time), and a pass of classifications alone runs its last layer at
+  ``[CLS]`` only.
 
 Deliberately not here: loading and the choice of precision (``app.loading``,
 ``app.precision``), HTTP, queues, threads (``app.service`` and ``app.batcher`` own those).
-Sentence pairs (token type 1) are not classified: every input is one text.
 """
 
 from __future__ import annotations
@@ -30,8 +31,18 @@ import torch.nn.functional as F
 
 from app.cost import CostModel, plan_chunks
 from app.errors import CheckpointLoadError, InputValidationError
-from app.jobs import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, FillMaskJob, Job
+from app.jobs import (
+    SCORE_FUNCTIONS,
+    ClassifyJob,
+    EmbedJob,
+    Encoded,
+    FillMaskJob,
+    Job,
+    SparseJob,
+    TokenEmbedJob,
+)
 from model import BertConfig, BertForMaskedLM, Capabilities, ModelError, pool
+from model.heads import splade_weights, top_k_dims
 from tokenization import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -97,14 +108,25 @@ class Engine:
                 "fill_mask": caps.fill_mask,
                 "classify": self.can_classify,
                 "labels": list(caps.labels),  # in label id order; [] without a classifier
+                "pairs": self.can_classify,  # /predict takes [first, second] sentence pairs
+                "rerank": caps.rerank,  # a cross-encoder: /rerank, /v1/rerank
+                "score_activation": caps.score_activation,  # what rerank scores apply
+                "sparse": caps.sparse,  # /embed_sparse (SPLADE from the MLM head)
                 "embed": True,
+                "embed_all": True,
                 "sentence_similarity": True,
                 "tokenize": True,
+                "decode": True,
                 "pooling": caps.pooling,
                 "normalize": caps.normalize,
+                "max_dimensions": self.config.hidden_size,  # the most `dimensions` may ask for
+                "prompts": dict(caps.prompts),
+                "default_prompt_name": caps.default_prompt_name,
                 "max_tokens": self.max_input_tokens,
                 "kind": caps.kind,
                 "sentence_transformers": caps.sentence_transformers,
+                "cross_encoder": caps.cross_encoder,
+                "sparse_encoder": caps.sparse_encoder,
             },
         }
 
@@ -138,6 +160,64 @@ class Engine:
             offsets = [offsets[0], *offsets[body], offsets[-1]]
             truncated = True
         return Encoded(ids=ids, offsets=list(offsets), truncated=truncated)
+
+    def encode_pair(
+        self,
+        first: str,
+        second: str,
+        *,
+        truncate: bool,
+        strategy: str = "longest_first",
+        index: int = 0,
+    ) -> Encoded:
+        """Tokenize a sentence pair as ``[CLS] first [SEP] second [SEP]`` with token type ids.
+
+        Over the token limit it is refused, or with ``truncate`` cut by ``strategy`` (the
+        tokenizer's: ``longest_first``, ``only_first``, ``only_second``); an ``only_*`` cut that
+        cannot fit (the other text alone is too long) falls back to ``longest_first``.
+        """
+        tok, limit = self.tokenizer, self.max_input_tokens
+        enc = tok.encode(first, second)
+        n_first = enc.type_ids.count(0) - 2
+        if n_first < 1 or len(enc.ids) - n_first - 3 < 1:
+            side = "first" if n_first < 1 else "second"
+            raise InputValidationError(f"inputs[{index}]: the {side} text has no tokens")
+        if len(enc.ids) > limit:
+            if not truncate:
+                raise InputValidationError(
+                    f"inputs[{index}] (a pair) has {len(enc.ids)} tokens, more than the limit "
+                    f"of {limit} (send truncate=true to cut it)"
+                )
+            try:
+                enc = tok.encode(first, second, max_length=limit, truncation=strategy)
+            except ValueError:
+                enc = tok.encode(first, second, max_length=limit, truncation="longest_first")
+            if 0 not in enc.sequence_ids or 1 not in enc.sequence_ids:
+                raise InputValidationError(
+                    f"inputs[{index}] (a pair) cannot be cut to {limit} tokens with a token of "
+                    "each text left"
+                )
+        return Encoded(
+            ids=list(enc.ids),
+            offsets=list(enc.offsets),
+            truncated=enc.truncated,
+            type_ids=list(enc.type_ids),
+        )
+
+    def encode_pairs(
+        self, pairs: list[tuple[str, str]], *, truncate: bool, strategy: str = "longest_first"
+    ) -> list[Encoded]:
+        return [
+            self.encode_pair(a, b, truncate=truncate, strategy=strategy, index=i)
+            for i, (a, b) in enumerate(pairs)
+        ]
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
+        """Token ids back to text (``/decode``); an id outside the vocabulary is a 422."""
+        try:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        except (TypeError, ValueError) as e:
+            raise InputValidationError(str(e)) from None
 
     def encode_fill_mask(self, texts: list[str], *, truncate: bool) -> list[Encoded]:
         """Tokenize fill-mask inputs; each must keep at least one [MASK]."""
@@ -204,8 +284,7 @@ class Engine:
 
     # --- compute (model thread) ----------------------------------------------------------------
     def run_batch(self, jobs: list[Job]) -> list[Any]:
-        """Compute every job of a batch; one result per job (FillMaskResult, EmbedResult or
-        ClassifyResult)."""
+        """Compute every job of a batch; one result per job (``app.jobs``' result shapes)."""
         with torch.inference_mode():
             return self._run_batch(jobs)
 
@@ -213,65 +292,109 @@ class Engine:
         rows = [(j, i, enc) for j, job in enumerate(jobs) for i, enc in enumerate(job.inputs)]
         rows.sort(key=lambda r: len(r[2]))  # similar lengths share a forward pass
         results: list[list[Any]] = [[None] * len(job.inputs) for job in jobs]
-        pad_id = self.tokenizer.pad_token_id
         lengths = [len(r[2]) for r in rows]
         for start, end in plan_chunks(lengths, self.cost_model):
-            chunk = rows[start:end]
-            T = len(chunk[-1][2])
-            ids = torch.tensor([enc.ids + [pad_id] * (T - len(enc)) for _, _, enc in chunk])
-            attn = torch.tensor([[1] * len(enc) + [0] * (T - len(enc)) for _, _, enc in chunk])
-            kinds = [type(jobs[j]) for j, _, _ in chunk]
-            fill_rows = [k for k, kind in enumerate(kinds) if kind is FillMaskJob]
-            embed_rows = [k for k, kind in enumerate(kinds) if kind is EmbedJob]
-            class_rows = [k for k, kind in enumerate(kinds) if kind is ClassifyJob]
-            hidden = None  # (B, T, H): every token's final vector, computed only when needed
-            if fill_rows:  # only ever on a model with an MLM head (ServeState checks)
-                pred = torch.zeros_like(ids, dtype=torch.bool)  # (B, T)
-                for k in fill_rows:
-                    pred[k, chunk[k][2].mask_positions] = True
-                # Fast path: with no other row in this pass, the last layer runs only at the
-                # [MASK] positions (return_hidden=False); the other rows need every token.
-                need_hidden = len(fill_rows) < len(chunk)
-                out = self.model(
-                    ids, attention_mask=attn, prediction_mask=pred, return_hidden=need_hidden
-                )
-                hidden, logits = out.last_hidden_state, out.logits  # (B, T, H) or None, (N, V)
-                probs = logits.float().softmax(dim=-1)  # (N, V), masks in row-major order
-                offset = 0
-                for k in fill_rows:
-                    j, i, enc = chunk[k]
-                    n = len(enc.mask_positions)
-                    results[j][i] = _top_candidates(
-                        probs[offset : offset + n], jobs[j], self.tokenizer.vocab_size
-                    )
-                    offset += n
-            elif embed_rows:
-                hidden = self.model.encode(ids, attention_mask=attn)  # (B, T, H)
-            for pooling in {jobs[chunk[k][0]].pooling for k in embed_rows}:
-                rows_p = [k for k in embed_rows if jobs[chunk[k][0]].pooling == pooling]
-                sel = torch.tensor(rows_p)
-                h, m = hidden.index_select(0, sel), attn.index_select(0, sel)  # (E, T, H), (E, T)
-                # Pooled and normalized in fp32 whatever the encoder's matrices ran in: a unit
-                # vector has norm 1 to float32 rounding under every precision.
-                vectors = pool(h.float(), m, pooling)  # (E, H)
-                for r, k in enumerate(rows_p):
-                    j, i, _ = chunk[k]
-                    vec = vectors[r]  # (H,)
-                    if jobs[j].normalize:
-                        vec = F.normalize(vec, p=2.0, dim=-1)
-                    results[j][i] = vec.float().tolist()
-            if class_rows:  # only ever on a model with a classifier (ServeState checks)
-                if hidden is None:
-                    # Fast path: a pass of classifications alone runs its last layer at [CLS] only.
-                    class_logits = self.model.classify(ids, attention_mask=attn).logits  # (B, C)
-                else:  # the [CLS] vectors are there already: the head alone
-                    cls = hidden[torch.tensor(class_rows), 0]  # (K, H)
-                    class_logits = self.model.classifier(cls)  # (K, C)
-                for r, k in enumerate(class_rows):
-                    j, i, _ = chunk[k]
-                    score = SCORE_FUNCTIONS[jobs[j].function]
-                    results[j][i] = score(class_logits[r].float()).tolist()  # (C,)
+            self._run_chunk(
+                _Chunk.build(rows[start:end], jobs, self.tokenizer.pad_token_id), results
+            )
         return results
+
+    def _run_chunk(self, chunk: _Chunk, results: list[list[Any]]) -> None:
+        """One forward pass over ``chunk``; each row's answer goes to ``results[job][input]``."""
+        fill, classify = chunk.rows_of(FillMaskJob), chunk.rows_of(ClassifyJob)
+        hidden = None  # (B, T, H): every token's final vector, computed only when needed
+        if fill:  # only ever on a model with an MLM head (ServeState checks)
+            # Fast path: with no other row in this pass, the last layer runs only at the
+            # [MASK] positions (return_hidden=False); the other rows need every token.
+            hidden = self._fill_mask(chunk, fill, results, need_hidden=len(fill) < len(chunk))
+        elif len(classify) < len(chunk):
+            hidden = self.model.encode(chunk.ids, chunk.attn, chunk.types)  # (B, T, H)
+        if hidden is not None:
+            self._embed(chunk, hidden, results)
+            self._token_vectors(chunk, hidden, results)
+            self._sparse(chunk, hidden, results)
+        if classify:  # only ever on a model with a classifier (ServeState checks)
+            self._classify(chunk, classify, hidden, results)
+
+    def _fill_mask(
+        self, chunk: _Chunk, rows: list[int], results: list[list[Any]], *, need_hidden: bool
+    ) -> torch.Tensor | None:
+        pred = torch.zeros_like(chunk.ids, dtype=torch.bool)  # (B, T)
+        for k in rows:
+            pred[k, chunk.rows[k][2].mask_positions] = True
+        out = self.model(
+            chunk.ids, chunk.attn, chunk.types, prediction_mask=pred, return_hidden=need_hidden
+        )
+        probs = out.logits.float().softmax(dim=-1)  # (N, V), masks in row-major order
+        offset = 0
+        for k in rows:
+            j, i, enc = chunk.rows[k]
+            n = len(enc.mask_positions)
+            job = chunk.jobs[j]
+            assert isinstance(job, FillMaskJob)
+            results[j][i] = _top_candidates(
+                probs[offset : offset + n], job, self.tokenizer.vocab_size
+            )
+            offset += n
+        return out.last_hidden_state  # (B, T, H) or None
+
+    def _embed(self, chunk: _Chunk, hidden: torch.Tensor, results: list[list[Any]]) -> None:
+        rows = chunk.rows_of(EmbedJob)
+        for pooling in {chunk.jobs[chunk.rows[k][0]].pooling for k in rows}:
+            rows_p = [k for k in rows if chunk.jobs[chunk.rows[k][0]].pooling == pooling]
+            sel = torch.tensor(rows_p)
+            h, m = hidden.index_select(0, sel), chunk.attn.index_select(0, sel)  # (E, T, H)
+            # Pooled, cut and normalized in fp32 whatever the encoder's matrices ran in: a unit
+            # vector has norm 1 to float32 rounding under every precision.
+            vectors = pool(h.float(), m, pooling)  # (E, H)
+            for r, k in enumerate(rows_p):
+                j, i, _ = chunk.rows[k]
+                job = chunk.jobs[j]
+                assert isinstance(job, EmbedJob)
+                vec = vectors[r, : job.dimensions]  # (D,): Matryoshka, then normalize
+                if job.normalize:
+                    vec = F.normalize(vec, p=2.0, dim=-1)
+                results[j][i] = vec.tolist()
+
+    def _token_vectors(self, chunk: _Chunk, hidden: torch.Tensor, results: list[list[Any]]) -> None:
+        for k in chunk.rows_of(TokenEmbedJob):
+            j, i, enc = chunk.rows[k]
+            results[j][i] = hidden[k, : len(enc)].float().tolist()  # (T_k, H)
+
+    def _sparse(self, chunk: _Chunk, hidden: torch.Tensor, results: list[list[Any]]) -> None:
+        """SPLADE: per row, the MLM head on its counted tokens only, one row at a time (a
+        (T, V) block, never (B, T, V)), weights pooled over the tokens, top dims kept."""
+        for k in chunk.rows_of(SparseJob):
+            j, i, enc = chunk.rows[k]
+            job = chunk.jobs[j]
+            assert isinstance(job, SparseJob)
+            keep = torch.ones(len(enc), dtype=torch.bool)  # (T_k,)
+            if job.skip_special:
+                keep[enc.special_positions] = False
+            h = hidden[k, : len(enc)][keep]  # (n, H)
+            weights = splade_weights(self.model.mlm_head(h).float(), job.activation)  # (n, V)
+            pooled = weights.amax(0) if job.pooling == "max" else weights.sum(0)  # (V,)
+            vec = top_k_dims(pooled[: self.tokenizer.vocab_size][None], job.max_active_dims)[0]
+            nonzero = vec.nonzero().squeeze(1)  # (Z,) ascending ids
+            results[j][i] = list(zip(nonzero.tolist(), vec[nonzero].tolist(), strict=True))
+
+    def _classify(
+        self,
+        chunk: _Chunk,
+        rows: list[int],
+        hidden: torch.Tensor | None,
+        results: list[list[Any]],
+    ) -> None:
+        if hidden is None:
+            # Fast path: a pass of classifications alone runs its last layer at [CLS] only.
+            logits = self.model.classify(chunk.ids, chunk.attn, chunk.types).logits  # (B, C)
+        else:  # the [CLS] vectors are there already: the head alone
+            logits = self.model.classifier(hidden[torch.tensor(rows), 0])  # (K, C)
+        for r, k in enumerate(rows):
+            j, i, _ = chunk.rows[k]
+            job = chunk.jobs[j]
+            assert isinstance(job, ClassifyJob)
+            results[j][i] = SCORE_FUNCTIONS[job.function](logits[r].float()).tolist()  # (C,)
 
     def self_test(self) -> None:
         """A forward pass on a fixed input; CheckpointLoadError unless shapes and values are sane."""
@@ -310,6 +433,36 @@ class Engine:
                 f"{self.path}: embedding has shape {tuple(vec.shape)}, "
                 f"expected ({self.config.hidden_size},)"
             )
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """One forward pass's rows (job index, input index, encoded input), padded into tensors."""
+
+    rows: list[tuple[int, int, Encoded]]
+    jobs: list[Job]
+    ids: torch.Tensor  # (B, T)
+    attn: torch.Tensor  # (B, T): 1 for real tokens
+    types: torch.Tensor | None  # (B, T) token type ids; None when every row is one text
+
+    @classmethod
+    def build(cls, rows: list[tuple[int, int, Encoded]], jobs: list[Job], pad_id: int) -> _Chunk:
+        T = max(len(enc) for _, _, enc in rows)
+        ids = torch.tensor([enc.ids + [pad_id] * (T - len(enc)) for _, _, enc in rows])
+        attn = torch.tensor([[1] * len(enc) + [0] * (T - len(enc)) for _, _, enc in rows])
+        types = None
+        if any(enc.type_ids is not None for _, _, enc in rows):
+            types = torch.tensor(
+                [(enc.type_ids or [0] * len(enc)) + [0] * (T - len(enc)) for _, _, enc in rows]
+            )
+        return cls(rows, jobs, ids, attn, types)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def rows_of(self, kind: type) -> list[int]:
+        """Row indices of this pass whose job is of ``kind``."""
+        return [k for k, (j, _, _) in enumerate(self.rows) if type(self.jobs[j]) is kind]
 
 
 def _top_candidates(

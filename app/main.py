@@ -30,7 +30,7 @@ from app.middleware import (
     ObservabilityMiddleware,
 )
 from app.registry import ModelRegistry
-from app.routes import admin, inference, ops, pipeline, ui
+from app.routes import admin, embeddings, inference, ops, pipeline, rerank, ui
 from app.routes.common import PRECISION_HEADER
 from app.routes.deps import require_api_key
 from app.service import ServeState
@@ -75,6 +75,8 @@ def create_app(config: ServeConfig, *, registry: ModelRegistry | None = None) ->
     # With API keys configured every inference route needs one; without, require_api_key passes.
     protected = [Depends(require_api_key)]
     app.include_router(inference.router, dependencies=protected)
+    app.include_router(embeddings.router, dependencies=protected)
+    app.include_router(rerank.router, dependencies=protected)
     app.include_router(pipeline.router, dependencies=protected)
     app.include_router(ops.router)
     if state.admin_token is not None:

@@ -5,12 +5,13 @@ the running configuration (inputs per request, tokens per input, ``max_top_k``) 
 ``app.service`` against ``ServeConfig`` and raise ``InputValidationError`` (422) there. Unknown
 fields are rejected (422), so a misspelt option never silently falls back to its default.
 
-Shapes follow the references: ``/embed`` is text-embeddings-inference's (plus ``pooling``;
-``pooling`` and ``normalize`` default to the checkpoint's), ``/predict`` is TEI's (plus the
-text-classification pipeline's ``top_k``; texts only, no sentence pairs), ``/v1/embeddings`` is
-OpenAI's, ``/fill-mask`` candidates are transformers' pipeline dicts, and ``POST /`` takes what
-``huggingface_hub.InferenceClient`` sends (``PipelineRequest``) and answers in the shapes of
-transformers' pipelines.
+Shapes follow the references: ``/embed``, ``/embed_all``, ``/embed_sparse``, ``/similarity``,
+``/rerank``, ``/decode`` and ``/predict`` are text-embeddings-inference's (``/embed`` plus
+``pooling``; ``/predict`` plus the text-classification pipeline's ``top_k``, and a list of
+strings is a list of texts, never a pair: see ``PredictRequest``), ``/v1/embeddings`` is OpenAI's
+(plus ``prompt_name``), ``/v1/rerank`` is Cohere's and Jina's, ``/fill-mask`` candidates are
+transformers' pipeline dicts, and ``POST /`` takes what ``huggingface_hub.InferenceClient``
+sends (``PipelineRequest``) and answers in the shapes of transformers' pipelines.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.errors import InputValidationError
+
 # Hard caps that hold whatever the config says; the body-size limit bounds the rest.
 _MAX_LIST = 4096
 
 Inputs = str | Annotated[list[str], Field(max_length=_MAX_LIST)]
+# A sentence pair: exactly two texts.
+Pair = Annotated[list[str], Field(min_length=2, max_length=2)]
+PromptName = Annotated[str, Field(min_length=1, max_length=128)]
 # model.POOLINGS, spelled out for the OpenAPI schema (a test checks they agree).
 Pooling = Literal["mean", "cls", "max", "mean_sqrt_len"]
 # TEI accepts both spellings.
@@ -73,7 +79,18 @@ class EmbedRequest(_Request):
     )
     truncate: bool = False
     truncation_direction: TruncationDirection = "right"
-    prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
+    prompt_name: PromptName | None = Field(
+        default=None,
+        description="One of the model's prompts (/info capabilities.prompts), put before every "
+        "text as sentence-transformers' encode(prompt_name=...) does. Omitted: the server's "
+        "default_prompt_name, else the model's default prompt, else none.",
+    )
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep the first this many values of each vector, then normalize "
+        "(Matryoshka). At most the model's size (400 above). Omitted: all of them.",
+    )
     pooling: Pooling | None = Field(
         default=None,
         description="How token vectors become one vector: 'mean' (over the input's tokens), "
@@ -85,13 +102,22 @@ class EmbedRequest(_Request):
 
 
 class PredictRequest(_Request):
-    """text-embeddings-inference's ``/predict`` request (texts, not sentence pairs), plus the
-    text-classification pipeline's ``top_k``."""
+    """text-embeddings-inference's ``/predict`` request, plus the text-classification pipeline's
+    ``top_k``.
 
-    inputs: Inputs = Field(description="A text or a list of texts, each classified on its own.")
+    ``inputs``: a text -> its labels; a list of texts -> per text its labels; a list of pairs
+    (``[["premise", "hypothesis"], ...]``, each a list of exactly two texts) -> per pair its
+    labels. A list of strings is always texts (TEI would read a two-string list as one pair:
+    send ``[["a", "b"]]`` for that); a list mixing strings and pairs is a 422.
+    """
+
+    inputs: str | Annotated[list[str | Pair], Field(max_length=_MAX_LIST)] = Field(
+        description="A text, a list of texts, or a list of [first, second] sentence pairs."
+    )
     raw_scores: bool = Field(
         default=False,
-        description="Answer the logits instead of softmax probabilities.",
+        description="Answer the logits instead of scores (softmax probabilities; for a "
+        "one-label model the sigmoid of its logit).",
     )
     truncate: bool = Field(default=False, description="Cut inputs longer than the token limit.")
     truncation_direction: TruncationDirection = "right"
@@ -117,8 +143,16 @@ class OpenAIEmbeddingsRequest(_Request):
     input: Inputs
     model: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1, description="Must be the model's size.")
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep the first this many values, then normalize again (at most the "
+        "model's size; 400 above).",
+    )
     user: str | None = Field(default=None, max_length=256)
+    prompt_name: PromptName | None = Field(
+        default=None, description="Not OpenAI's: one of the model's prompts (see /embed)."
+    )
 
 
 class OpenAIEmbedding(BaseModel):
@@ -137,6 +171,104 @@ class OpenAIEmbeddingsResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: OpenAIUsage
+
+
+class EmbedAllRequest(_Request):
+    """text-embeddings-inference's ``/embed_all``: every token's vector, no pooling."""
+
+    inputs: Inputs
+    truncate: bool = False
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: PromptName | None = None
+
+
+class EmbedSparseRequest(_Request):
+    """text-embeddings-inference's ``/embed_sparse``: SPLADE vectors from the MLM head."""
+
+    inputs: Inputs
+    truncate: bool = False
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: PromptName | None = None
+
+
+class SparseValue(BaseModel):
+    index: int = Field(description="Vocabulary id (GET /tokenize-able as a token).")
+    value: float = Field(description="Weight: pooled log(1 + relu(logit)); never zero here.")
+
+
+class SimilarityRequest(_Request):
+    """text-embeddings-inference's ``/similarity``: cosine of a source with each sentence."""
+
+    inputs: SimilarityInputs
+    truncate: bool = False
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: PromptName | None = None
+
+
+class RerankRequest(_Request):
+    """text-embeddings-inference's ``/rerank`` (needs a cross-encoder)."""
+
+    query: str = Field(min_length=1)
+    texts: Annotated[list[str], Field(min_length=1, max_length=_MAX_LIST)]
+    raw_scores: bool = Field(default=False, description="Logits instead of activated scores.")
+    return_text: bool = Field(default=False, description="Echo each text in its result.")
+    truncate: bool = Field(
+        default=True,
+        description="Cut a (query, text) pair over the token limit on the text's side; false: "
+        "refuse it (422).",
+    )
+    truncation_direction: Literal["right", "Right"] = Field(
+        default="right", description="Pairs are cut at the end of the text only."
+    )
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="Position of the text in the request.")
+    score: float = Field(description="CrossEncoder.predict's score (the logit: raw_scores).")
+    text: str | None = Field(default=None, description="The text (return_text).")
+
+
+class DocumentText(_Request):
+    text: str
+
+
+class CohereRerankRequest(_Request):
+    """Cohere's and Jina's rerank request (``POST /v1/rerank``)."""
+
+    query: str = Field(min_length=1)
+    documents: Annotated[list[str | DocumentText], Field(min_length=1, max_length=_MAX_LIST)]
+    top_n: int | None = Field(default=None, ge=1, description="Only the n best (default: all).")
+    return_documents: bool = Field(default=False, description="Echo each document.")
+    model: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
+    max_chunks_per_doc: int | None = Field(
+        default=None, ge=1, description="Accepted and ignored: a document is one pair."
+    )
+
+
+class CohereRerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: DocumentText | None = None
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[CohereRerankResult]
+    meta: dict
+    usage: dict
+
+
+class DecodeRequest(_Request):
+    """text-embeddings-inference's ``/decode``: token ids back to text."""
+
+    ids: (
+        Annotated[list[int], Field(max_length=_MAX_LIST)]
+        | Annotated[
+            list[Annotated[list[int], Field(max_length=_MAX_LIST)]], Field(max_length=_MAX_LIST)
+        ]
+    )
+    skip_special_tokens: bool = True
 
 
 class TokenizeRequest(_Request):
@@ -201,7 +333,9 @@ class PipelineRequest(_Request):
     truncation_direction: TruncationDirection | None = Field(
         default=None, description="Feature extraction only."
     )
-    prompt_name: None = Field(default=None, description="Not supported: no prompts are configured.")
+    prompt_name: PromptName | None = Field(
+        default=None, description="Feature extraction and sentence similarity: a model prompt."
+    )
 
 
 # POST / answers: fill-mask candidates (flat for one text with one mask, nested per mask and per
@@ -241,6 +375,23 @@ class ErrorResponse(BaseModel):
 def ranked_predictions(ranked: list[list[tuple[str, float]]]) -> list[list[Prediction]]:
     """Per input, its (label, score) pairs as ``Prediction``s, in the order given."""
     return [[Prediction(label=label, score=score) for label, score in row] for row in ranked]
+
+
+def texts_or_pairs(
+    inputs: str | list[str | list[str]],
+) -> tuple[list[str] | list[tuple[str, str]], bool]:
+    """``PredictRequest.inputs`` as texts or as pairs, and whether one text was sent; a list
+    mixing texts and pairs is ambiguous (422)."""
+    if isinstance(inputs, str):
+        return [inputs], True
+    pairs = [tuple(p) for p in inputs if isinstance(p, list)]
+    if not pairs:
+        return list(inputs), False  # type: ignore[arg-type]
+    if len(pairs) != len(inputs):
+        raise InputValidationError(
+            "inputs mixes texts and sentence pairs; send texts, or pairs as [[first, second], ...]"
+        )
+    return pairs, False  # type: ignore[return-value]
 
 
 def as_list(inputs: Inputs) -> tuple[list[str], bool]:

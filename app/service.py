@@ -31,7 +31,17 @@ from app.batcher import BatchQueue, Pending
 from app.config import ConfigFileError, ServeConfig
 from app.engine import Engine
 from app.errors import InputValidationError, UnhealthyError, UnsupportedError
-from app.jobs import SCORE_FUNCTIONS, ClassifyJob, EmbedJob, Encoded, FillMaskJob, Job
+from app.jobs import (
+    SCORE_FUNCTIONS,
+    ClassifyJob,
+    EmbedJob,
+    Encoded,
+    FillMaskJob,
+    Job,
+    SparseJob,
+    TokenEmbedJob,
+    score_function,
+)
 from app.metrics import ServeMetrics, current_timer, watch_event_loop
 from app.registry import ModelRegistry
 
@@ -208,8 +218,10 @@ class ServeState:
         return result
 
     # --- limits --------------------------------------------------------------------------------
-    def check_inputs(self, texts: list[str]) -> None:
-        n = len(texts)
+    def check_inputs(self, texts: list[str], n: int | None = None) -> None:
+        """422 unless there are 1..max_client_batch inputs (``n``, default one per text) and
+        every text is non-blank, valid Unicode."""
+        n = len(texts) if n is None else n
         if n == 0:
             raise InputValidationError("inputs is empty")
         if n > self.config.max_client_batch:
@@ -278,6 +290,22 @@ class ServeState:
             predictions.append(input_preds)
         return engine, predictions
 
+    def prompt(self, engine: Engine, prompt_name: str | None) -> str:
+        """The text put before each input: the named prompt, else the server's
+        ``default_prompt_name``, else the model's default prompt ("" where there is none)."""
+        caps = engine.capabilities
+        name = prompt_name or self.config.default_prompt_name or caps.default_prompt_name
+        if name is None:
+            return ""
+        if name not in caps.prompts:
+            which = "prompt_name" if prompt_name else "the server's default_prompt_name"
+            known = ", ".join(sorted(caps.prompts)) or "none"
+            raise InputValidationError(
+                f"{which} {name!r} is not a prompt of the model {engine.version} "
+                f"(its prompts: {known})"
+            )
+        return caps.prompts[name]
+
     async def embed(
         self,
         texts: list[str],
@@ -286,6 +314,8 @@ class ServeState:
         normalize: bool | None,
         truncate: bool,
         direction: str = "right",
+        dimensions: int | None = None,
+        prompt_name: str | None = None,
         disconnected: Disconnect | None = None,
     ) -> tuple[Engine, list[list[float]], int]:
         """(engine, one vector per input, tokens used).
@@ -293,25 +323,96 @@ class ServeState:
         ``pooling=None`` and ``normalize=None`` mean the defaults of the engine that computes the
         vectors (its capabilities: the checkpoint's pooling, and unit vectors unless it is a
         sentence-transformers directory without a Normalize module): after a hot swap, the new
-        checkpoint's.
+        checkpoint's. ``dimensions`` keeps the first that many values of each vector, then
+        normalizes (Matryoshka); more than the model has is 400 Unsupported. The prompt
+        (``prompt``) is put before every text, as sentence-transformers' ``encode`` does.
         """
         self.check_inputs(texts)
         engine = self.engine()
         pooling = pooling or engine.capabilities.pooling
         if normalize is None:
             normalize = engine.capabilities.normalize
-        encoded: list[Encoded] = await self.tokenize_with(
-            engine.encode_many, texts, truncate=truncate, direction=direction, chars=_chars(texts)
-        )
-        job = EmbedJob(inputs=encoded, pooling=pooling, normalize=normalize)
+        size = engine.config.hidden_size
+        if dimensions is not None and dimensions > size:
+            raise UnsupportedError(
+                f"dimensions is {dimensions}, but the model {engine.version} gives vectors of "
+                f"{size} values"
+            )
+        encoded = await self._encode_texts(engine, texts, truncate, direction, prompt_name)
+        job = EmbedJob(inputs=encoded, pooling=pooling, normalize=normalize, dimensions=dimensions)
         vectors = await self._compute(engine, job, disconnected)
         return engine, vectors, sum(len(e) for e in encoded)
 
-    async def classify(
+    async def _encode_texts(
+        self,
+        engine: Engine,
+        texts: list[str],
+        truncate: bool,
+        direction: str,
+        prompt_name: str | None = None,
+    ) -> list[Encoded]:
+        """The texts, prompt first (embedding-like operations), tokenized."""
+        prompt = self.prompt(engine, prompt_name)
+        if prompt:
+            texts = [prompt + t for t in texts]
+        return await self.tokenize_with(
+            engine.encode_many, texts, truncate=truncate, direction=direction, chars=_chars(texts)
+        )
+
+    async def token_embeddings(
         self,
         texts: list[str],
         *,
-        function: str = "softmax",
+        truncate: bool,
+        direction: str = "right",
+        prompt_name: str | None = None,
+        disconnected: Disconnect | None = None,
+    ) -> tuple[Engine, list[list[list[float]]]]:
+        """(engine, per input every token's final vector, [CLS] and [SEP] included)."""
+        self.check_inputs(texts)
+        engine = self.engine()
+        encoded = await self._encode_texts(engine, texts, truncate, direction, prompt_name)
+        return engine, await self._compute(engine, TokenEmbedJob(inputs=encoded), disconnected)
+
+    async def sparse(
+        self,
+        texts: list[str],
+        *,
+        truncate: bool,
+        direction: str = "right",
+        prompt_name: str | None = None,
+        disconnected: Disconnect | None = None,
+    ) -> tuple[Engine, list[list[tuple[int, float]]]]:
+        """(engine, per input its SPLADE vector's non-zero (vocabulary id, weight) pairs).
+
+        Any model with an MLM head (else 400 Unsupported): max over the text's tokens of
+        log(1 + relu(logits)), [CLS]/[SEP] excluded; a sentence-transformers SparseEncoder
+        directory keeps its own settings (pooling, activation, max_active_dims, specials counted)
+        so that the vectors equal its ``encode``.
+        """
+        self.check_inputs(texts)
+        engine = self.engine()
+        caps = engine.capabilities
+        if not caps.sparse:
+            raise UnsupportedError(
+                f"the model {engine.version} ({caps.kind}) has no masked-language-model head, "
+                f"so it has no sparse (SPLADE) vectors; it serves {_serves(engine)}"
+            )
+        encoded = await self._encode_texts(engine, texts, truncate, direction, prompt_name)
+        job = SparseJob(
+            inputs=encoded,
+            pooling=caps.splade_pooling,
+            activation=caps.splade_activation,
+            max_active_dims=caps.splade_max_active_dims,
+            skip_special=not caps.sparse_encoder,
+        )
+        return engine, await self._compute(engine, job, disconnected)
+
+    async def classify(
+        self,
+        inputs: list[str] | list[tuple[str, str]],
+        *,
+        function: str | None = "softmax",
         top_k: int | None = None,
         truncate: bool = False,
         direction: str = "right",
@@ -319,23 +420,19 @@ class ServeState:
     ) -> tuple[Engine, list[list[tuple[str, float]]]]:
         """(engine, per input its (label, score) pairs best first: the top_k, or all of them).
 
-        ``function`` turns logits into scores as the text-classification pipeline's
-        ``function_to_apply`` does: "softmax" (probabilities), "sigmoid" or "none" (the logits).
+        ``inputs`` are texts, or sentence pairs (token type 1 for the second text; cut
+        ``longest_first`` with ``truncate``). ``function`` turns logits into scores as the
+        text-classification pipeline's ``function_to_apply`` does: "softmax" (probabilities),
+        "sigmoid" or "none" (the logits); None: sigmoid for a one-label model (a score, as TEI
+        and sentence-transformers give it; a softmax over one label is always 1), else softmax.
         """
+        engine, encoded = await self._classify_inputs(inputs, truncate, direction, "longest_first")
+        if function is None:
+            function = "sigmoid" if len(engine.capabilities.labels) == 1 else "softmax"
         if function not in SCORE_FUNCTIONS:
             raise InputValidationError(
                 f"function_to_apply must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}"
             )
-        self.check_inputs(texts)
-        engine = self.engine()
-        if not engine.can_classify:
-            raise UnsupportedError(
-                f"the model {engine.version} ({engine.capabilities.kind}) has no classification "
-                f"head, so it cannot classify text; it serves {_serves(engine)}"
-            )
-        encoded: list[Encoded] = await self.tokenize_with(
-            engine.encode_many, texts, truncate=truncate, direction=direction, chars=_chars(texts)
-        )
         scores = await self._compute(
             engine, ClassifyJob(inputs=encoded, function=function), disconnected
         )
@@ -347,20 +444,118 @@ class ServeState:
         ]
         return engine, ranked
 
+    async def _classify_inputs(
+        self,
+        inputs: list[str] | list[tuple[str, str]],
+        truncate: bool,
+        direction: str,
+        strategy: str,
+    ) -> tuple[Engine, list[Encoded]]:
+        """The serving engine (400 without a classifier) and the inputs tokenized, pairs too."""
+        pairs = [p for p in inputs if isinstance(p, tuple)]
+        texts = [t for p in inputs for t in (p if isinstance(p, tuple) else (p,))]
+        self.check_inputs(texts, n=len(inputs))
+        engine = self.engine()
+        if not engine.can_classify:
+            raise UnsupportedError(
+                f"the model {engine.version} ({engine.capabilities.kind}) has no classification "
+                f"head, so it cannot classify text; it serves {_serves(engine)}"
+            )
+        if pairs and len(pairs) != len(inputs):
+            raise InputValidationError("inputs mixes texts and sentence pairs; send one kind")
+        if pairs:
+            return engine, await self.tokenize_with(
+                engine.encode_pairs,
+                pairs,
+                truncate=truncate,
+                strategy=strategy,
+                chars=_chars(texts),
+            )
+        return engine, await self.tokenize_with(
+            engine.encode_many, texts, truncate=truncate, direction=direction, chars=_chars(texts)
+        )
+
+    async def rerank(
+        self,
+        query: str,
+        documents: list[str],
+        *,
+        raw_scores: bool = False,
+        truncate: bool = True,
+        disconnected: Disconnect | None = None,
+    ) -> tuple[Engine, list[tuple[int, float]]]:
+        """(engine, (document index, relevance score) best first) from a cross-encoder.
+
+        The model must be a one-label classifier (a reranker; else 400). Scores are what
+        sentence-transformers' ``CrossEncoder.predict`` gives (the directory's activation,
+        sigmoid by default), or the logits with ``raw_scores``. A pair over the token limit is
+        cut on the document's side, or refused without ``truncate``.
+        """
+        if not documents:
+            raise InputValidationError("texts is empty")
+        engine = self.engine()
+        caps = engine.capabilities
+        if not caps.rerank:
+            raise UnsupportedError(
+                f"the model {engine.version} ({caps.kind}) is not a reranker (a cross-encoder: a "
+                f"classifier with one label); it serves {_serves(engine)}"
+            )
+        engine, encoded = await self._classify_inputs(
+            [(query, d) for d in documents], truncate, "right", "only_second"
+        )
+        function = "none" if raw_scores else score_function(caps.score_activation or "sigmoid")
+        scores = await self._compute(
+            engine, ClassifyJob(inputs=encoded, function=function), disconnected
+        )
+        ranked = sorted(enumerate(row[0] for row in scores), key=lambda p: p[1], reverse=True)
+        return engine, ranked
+
     async def similarity(
-        self, source: str, sentences: list[str], *, disconnected: Disconnect | None = None
+        self,
+        source: str,
+        sentences: list[str],
+        *,
+        truncate: bool = False,
+        direction: str = "right",
+        prompt_name: str | None = None,
+        disconnected: Disconnect | None = None,
     ) -> tuple[Engine, list[float]]:
         """Cosine similarity of ``source`` with each sentence, from the model's embeddings (its
         pooling), as the sentence-similarity pipeline computes it."""
+        if len(sentences) + 1 > self.config.max_client_batch:
+            raise InputValidationError(
+                f"{len(sentences)} sentences and the source in one request; the limit is "
+                f"{self.config.max_client_batch} texts"
+            )
         engine, vectors, _ = await self.embed(
             [source, *sentences],
             pooling=None,
             normalize=True,
-            truncate=False,
+            truncate=truncate,
+            direction=direction,
+            prompt_name=prompt_name,
             disconnected=disconnected,
         )
         first = vectors[0]
         return engine, [sum(a * b for a, b in zip(first, v, strict=True)) for v in vectors[1:]]
+
+    def decode(
+        self, sequences: list[list[int]], *, skip_special_tokens: bool
+    ) -> tuple[Engine, list[str]]:
+        """(engine, the text of each id sequence): ``/decode``, no model pass."""
+        n = len(sequences)
+        if not 1 <= n <= self.config.max_client_batch:
+            raise InputValidationError(
+                f"{n} id sequences in one request; the limit is 1 to {self.config.max_client_batch}"
+            )
+        limit = self.config.max_input_tokens * 4  # ids are cheap; a bound all the same
+        for i, ids in enumerate(sequences):
+            if len(ids) > limit:
+                raise InputValidationError(f"ids[{i}] has {len(ids)} ids; the limit is {limit}")
+        engine = self.engine()
+        return engine, [
+            engine.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences
+        ]
 
     async def tokenize(
         self, texts: list[str], *, add_special_tokens: bool
@@ -380,10 +575,17 @@ def _chars(*groups: list[str] | None) -> int:
 
 
 def _serves(engine: Engine) -> str:
-    """What the model serves, for the sentence of an Unsupported error: "fill-mask and
-    embeddings", "text classification and embeddings" or "embeddings"."""
-    heads = [("fill-mask", engine.can_fill_mask), ("text classification", engine.can_classify)]
-    return " and ".join([*(task for task, has in heads if has), "embeddings"])
+    """What the model serves, for the sentence of an Unsupported error: e.g. "fill-mask, sparse
+    vectors and embeddings", "reranking and embeddings" or "embeddings"."""
+    caps = engine.capabilities
+    heads = [
+        ("fill-mask", caps.fill_mask),
+        ("sparse vectors", caps.sparse),
+        ("reranking", caps.rerank),
+        ("text classification", engine.can_classify and not caps.rerank),
+    ]
+    tasks = [*(task for task, has in heads if has), "embeddings"]
+    return tasks[0] if len(tasks) == 1 else ", ".join(tasks[:-1]) + " and " + tasks[-1]
 
 
 def check_unicode(text: str, where: str) -> None:

@@ -15,7 +15,8 @@ PRECISION_HEADER = "X-Model-Precision"
 
 _DESCRIPTIONS = {
     400: "The serving model cannot do this (error_type Unsupported): e.g. fill-mask without an "
-    "MLM head, text classification without a classification head; /info says what it can do.",
+    "MLM head, text classification without a classification head, reranking without a "
+    "cross-encoder, more dimensions than its vectors have; /info says what it can do.",
     401: "Missing or wrong bearer token (the API key, where API keys are configured).",
     404: "Not found (the admin API answers 404 when no admin token is configured).",
     409: "Conflicts with the server's mode.",

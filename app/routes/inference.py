@@ -1,32 +1,29 @@
-"""Inference routes: /fill-mask, /embed and /predict (TEI), /v1/embeddings (OpenAI), /tokenize.
+"""Inference routes: /fill-mask, /predict (TEI: texts or sentence pairs), /tokenize, /decode.
 
 Each handler validates the body (Pydantic), delegates to ``ServeState`` and answers with the
-version of the model that computed the result in ``X-Model-Version``.
+version and precision of the model that computed the result (``X-Model-Version``,
+``X-Model-Precision``). Embeddings are in ``app.routes.embeddings``, reranking in
+``app.routes.rerank``.
 """
 
 from __future__ import annotations
 
-import base64
-
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.errors import InputValidationError
 from app.routes.common import INFERENCE_ERRORS, error_responses, model_headers
 from app.routes.deps import get_state, wait_for_disconnect
 from app.schemas import (
-    EmbedRequest,
+    DecodeRequest,
     FillMaskRequest,
     FillMaskResponse,
-    OpenAIEmbeddingsRequest,
-    OpenAIEmbeddingsResponse,
     PredictRequest,
     PredictResponse,
     TokenInfo,
     TokenizeRequest,
     as_list,
     ranked_predictions,
+    texts_or_pairs,
 )
 from app.service import ServeState
 
@@ -58,24 +55,6 @@ async def fill_mask(
     )
 
 
-@router.post("/embed", response_model=list[list[float]], responses=INFERENCE_ERRORS)
-async def embed(
-    body: EmbedRequest, request: Request, state: ServeState = Depends(get_state)
-) -> JSONResponse:
-    """Sentence embeddings, text-embeddings-inference style; pooling and normalisation default to
-    the checkpoint's (its config.json, or a sentence-transformers directory's modules)."""
-    texts, _ = as_list(body.inputs)
-    engine, vectors, _ = await state.embed(
-        texts,
-        pooling=body.pooling,
-        normalize=body.normalize,
-        truncate=body.truncate,
-        direction=body.truncation_direction.lower(),
-        disconnected=lambda: wait_for_disconnect(request),
-    )
-    return JSONResponse(vectors, headers=model_headers(engine))
-
-
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -87,13 +66,13 @@ async def predict(
     response: Response,
     state: ServeState = Depends(get_state),
 ) -> PredictResponse:
-    """Text classification, text-embeddings-inference style: each text's labels with softmax
-    probabilities (logits with raw_scores), best first (400 Unsupported when the model has no
-    classification head)."""
-    texts, single = as_list(body.inputs)
+    """Text (or sentence-pair) classification, text-embeddings-inference style: each input's
+    labels with softmax probabilities (a one-label model: the sigmoid of its logit; logits with
+    raw_scores), best first (400 Unsupported when the model has no classification head)."""
+    inputs, single = texts_or_pairs(body.inputs)
     engine, ranked = await state.classify(
-        texts,
-        function="none" if body.raw_scores else "softmax",
+        inputs,
+        function="none" if body.raw_scores else None,
         top_k=body.top_k,
         truncate=body.truncate,
         direction=body.truncation_direction.lower(),
@@ -104,43 +83,6 @@ async def predict(
     return predictions[0] if single else predictions
 
 
-@router.post("/v1/embeddings", response_model=OpenAIEmbeddingsResponse, responses=INFERENCE_ERRORS)
-async def openai_embeddings(
-    body: OpenAIEmbeddingsRequest, request: Request, state: ServeState = Depends(get_state)
-) -> JSONResponse:
-    """Sentence embeddings in OpenAI's format, with the checkpoint's pooling and normalisation
-    (unit length, unless a sentence-transformers directory has no Normalize module)."""
-    texts, _ = as_list(body.input)
-    hidden = state.engine().config.hidden_size
-    if body.dimensions is not None and body.dimensions != hidden:
-        raise InputValidationError(f"dimensions must be {hidden} (the model's size) or omitted")
-    engine, vectors, n_tokens = await state.embed(
-        texts,
-        pooling=None,  # the checkpoint's
-        normalize=None,  # the checkpoint's
-        truncate=False,
-        disconnected=lambda: wait_for_disconnect(request),
-    )
-    data = []
-    for i, vec in enumerate(vectors):
-        if body.encoding_format == "base64":
-            embedding: list[float] | str = base64.b64encode(
-                np.asarray(vec, dtype="<f4").tobytes()
-            ).decode("ascii")
-        else:
-            embedding = vec
-        data.append({"object": "embedding", "embedding": embedding, "index": i})
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "model": engine.version,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-        },
-        headers=model_headers(engine),
-    )
-
-
 @router.post(
     "/tokenize", response_model=list[list[TokenInfo]], responses=error_responses(413, 422, 503)
 )
@@ -149,3 +91,12 @@ async def tokenize(body: TokenizeRequest, state: ServeState = Depends(get_state)
     texts, _ = as_list(body.inputs)
     engine, tokens = await state.tokenize(texts, add_special_tokens=body.add_special_tokens)
     return JSONResponse(tokens, headers=model_headers(engine))
+
+
+@router.post("/decode", response_model=list[str], responses=error_responses(401, 413, 422, 503))
+async def decode(body: DecodeRequest, state: ServeState = Depends(get_state)) -> JSONResponse:
+    """Token ids back to text, one string per id list (a flat list is one sequence)."""
+    ids = body.ids
+    sequences = [ids] if not ids or isinstance(ids[0], int) else ids
+    engine, texts = state.decode(sequences, skip_special_tokens=body.skip_special_tokens)
+    return JSONResponse(texts, headers=model_headers(engine))

@@ -61,10 +61,15 @@ async def pipeline(
         if given or (body.parameters is not None and body.parameters.model_fields_set):
             raise InputValidationError("sentence similarity takes no parameters")
         engine, scores = await state.similarity(
-            body.inputs.source_sentence, body.inputs.sentences, disconnected=disconnected
+            body.inputs.source_sentence,
+            body.inputs.sentences,
+            prompt_name=body.prompt_name,
+            disconnected=disconnected,
         )
         return JSONResponse(scores, headers=model_headers(engine))
     if body.parameters is not None:
+        if body.prompt_name is not None:
+            given.append("prompt_name")
         if given:
             raise InputValidationError(
                 f"{', '.join(given)} apply to feature extraction, which takes no parameters"
@@ -104,6 +109,7 @@ async def pipeline(
         normalize=body.normalize,
         truncate=bool(body.truncate),
         direction=(body.truncation_direction or "right").lower(),
+        prompt_name=body.prompt_name,
         disconnected=disconnected,
     )
     return JSONResponse(vectors, headers=model_headers(engine))

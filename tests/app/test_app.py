@@ -206,7 +206,14 @@ def test_openai_embeddings(client):
     )
     decoded = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, vec, atol=1e-6)
-    _error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 7}), 422, "Validation")
+    # dimensions: the first 7 values, normalized again (OpenAI's Matryoshka truncation).
+    raw = np.array(client.post("/embed", json={"inputs": "x", "normalize": False}).json()[0])
+    cut = client.post("/v1/embeddings", json={"input": "x", "dimensions": 7}).json()
+    np.testing.assert_allclose(
+        cut["data"][0]["embedding"], raw[:7] / np.linalg.norm(raw[:7]), atol=1e-6
+    )
+    _error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 33}), 400, "Unsupported")
+    _error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 0}), 422, "Validation")
     _error(client.post("/v1/embeddings", json={"input": [1, 2]}), 422, "Validation")
 
 

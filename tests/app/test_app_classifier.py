@@ -147,9 +147,6 @@ def test_root_route_classifies_in_the_inference_api_shape(client, hf):
         {"inputs": ["ok", ""]},
         {"inputs": ["ok"] * 9},  # max_client_batch is 8
         {"inputs": " ".join(["entity"] * 80)},  # more than 64 tokens, truncate not asked for
-        {"inputs": 42},
-        {"inputs": [1, 2]},
-        {"inputs": [["a", "b"]]},  # TEI's sentence pairs: not served
         {"inputs": "ok", "truncate": "yes"},
         {"inputs": "ok", "truncation_direction": "middle"},
         {},
@@ -165,6 +162,12 @@ def test_invalid_input_is_refused_as_embed_refuses_it(client, body):
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
+        ({"inputs": 42}, "inputs"),
+        ({"inputs": [1, 2]}, "inputs"),
+        ({"inputs": [["a", "b", "c"]]}, "at most 2 items"),  # a pair is two texts
+        ({"inputs": [["a"]]}, "at least 2 items"),
+        ({"inputs": ["a", ["b", "c"]]}, "mixes texts and sentence pairs"),  # ambiguous
+        ({"inputs": [["ok", ""]]}, "empty"),
         ({"inputs": "ok", "raw_scores": 1}, "raw_scores"),
         ({"inputs": "ok", "top_k": 0}, "top_k"),
         ({"inputs": "ok", "top_k": "2"}, "top_k"),
@@ -227,7 +230,7 @@ def test_a_model_without_classifier_answers_predict_400(models):
         ):
             msg = error_of(client.post(path, json=body), 400, "Unsupported")
             assert "has no classification head, so it cannot classify text" in msg
-            assert "it serves fill-mask and embeddings" in msg and "\n" not in msg
+            assert "it serves fill-mask, sparse vectors and embeddings" in msg and "\n" not in msg
         # With no classifier parameter, the root route is still the MLM model's fill-mask.
         r = client.post("/", json={"inputs": "a [MASK] film", "parameters": {}})
         assert r.status_code == 200 and "token_str" in r.json()[0]

@@ -53,12 +53,27 @@ CHECKS = [
 ]
 # Operations without parameters or body: there is no negative data to generate for them.
 _NO_INPUT = {"/health", "/live", "/info", "/metrics"}
-_INFERENCE = ("/fill-mask", "/embed", "/predict", "/v1/embeddings", "/tokenize")
+_INFERENCE = (
+    "/fill-mask",
+    "/embed",
+    "/predict",
+    "/v1/embeddings",
+    "/tokenize",
+    "/decode",
+    "/embed_all",
+    "/embed_sparse",
+    "/similarity",
+    "/rerank",
+    "/v1/rerank",
+)
 # What each model cannot do: those routes may also answer 400 Unsupported.
-_MLM_LACKS = frozenset({"/predict"})
-_CLASSIFIER_LACKS = frozenset({"/fill-mask"})
-# The classifier run: the routes that classify (and fill-mask, which it refuses).
-_CLASSIFIER_PATHS = frozenset({"/predict", "/", "/fill-mask"})
+_MLM_LACKS = frozenset({"/predict", "/rerank", "/v1/rerank"})
+_CLASSIFIER_LACKS = frozenset({"/fill-mask", "/embed_sparse", "/rerank", "/v1/rerank"})
+# Routes where a valid body may ask for more than any model gives (dimensions above its size):
+# 400 Unsupported too.
+_MAY_EXCEED = frozenset({"/embed", "/v1/embeddings"})
+# The classifier run: the routes that classify (and those it refuses).
+_CLASSIFIER_PATHS = frozenset({"/predict", "/", "/fill-mask", "/rerank"})
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +128,8 @@ def _contract_for(lacks: frozenset[str]):
             assert body["error"] and body["error_type"], body
         path = case.operation.path
         if path in _INFERENCE or path == "/":
-            allowed = (200, 400, 422) if path in lacks or path == "/" else (200, 422)
+            refusable = path in lacks or path in _MAY_EXCEED or path == "/"
+            allowed = (200, 400, 422) if refusable else (200, 422)
             assert response.status_code in allowed, response.status_code
             if response.status_code == 422:
                 assert response.json()["error_type"] == "Validation"
@@ -224,7 +240,7 @@ def _record(figures, seen: collections.Counter) -> int:
 
 
 def test_schema_fuzz_no_5xx_and_schema_conformant(schema, figures):
-    seen = _fuzz(schema, cases_per_mode=110, derandomize=True)
+    seen = _fuzz(schema, cases_per_mode=75, derandomize=True)
     answered = _record(figures, seen)
     assert answered == seen["attempted"] >= 1000
     assert all(status < 500 for (_, _, status) in _answered(seen))
