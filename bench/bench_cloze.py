@@ -102,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from model import BertForMaskedLM
     from tokenization import WordPieceTokenizer
-    from training.cloze import cloze_items, model_predictor, score_cloze, vocab_word_filter
-    from training.evaluate import evaluate_checkpoint_mlm
-    from training.ngram import NGramModel, unigram_predictor
+    from training.evaluation.cloze import (
+        cloze_items,
+        model_predictor,
+        score_cloze,
+        vocab_word_filter,
+    )
+    from training.evaluation.mlm import evaluate_checkpoint_mlm
+    from training.evaluation.ngram import NGramModel, unigram_predictor
 
     checkpoints = parse_checkpoints(args.checkpoint) or {"default": DEFAULT_CHECKPOINT}
     tokenizers = {n: WordPieceTokenizer.from_pretrained(d) for n, d in checkpoints.items()}

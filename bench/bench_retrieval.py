@@ -191,14 +191,14 @@ def joint_recipe(checkpoints: dict[str, Path]) -> tuple[dict[str, Any], dict[str
 def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, Any]:
     """Median seconds per optimizer step of BERT-tiny, MLM-only vs joint, interleaved."""
     try:
-        from training.contrastive import build_contrastive_data
-        from training.setup import build_model_config
-        from training.trainer import Trainer
+        from training.pretrain.contrastive import build_contrastive_data
+        from training.pretrain.prepare import build_model_config
+        from training.pretrain.trainer import Trainer
     except ImportError as e:
         return {"skipped": f"the trainer has no contrastive objective yet ({e})"}
     from tokenization import WordPieceTokenizer
-    from training.config import TrainConfig
-    from training.data import build_dataset, load_corpus
+    from training.data.corpus import build_dataset, load_corpus
+    from training.pretrain.config import TrainConfig
 
     train_over, model_over, source = joint_recipe(checkpoints)
     tokenizer = WordPieceTokenizer.from_pretrained(default)
@@ -282,8 +282,8 @@ def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, A
 def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dict[str, Any]:
     from model import BertForMaskedLM
     from tokenization import WordPieceTokenizer
-    from training.evaluate import checkpoint_pooling, evaluate_checkpoint_mlm
-    from training.retrieval import evaluate_retrieval
+    from training.evaluation.mlm import checkpoint_pooling, evaluate_checkpoint_mlm
+    from training.evaluation.retrieval import evaluate_retrieval
 
     pooling = checkpoint_pooling(directory)
     model = BertForMaskedLM.from_pretrained(directory)
@@ -406,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = args.baseline or next(iter(extra), None)
     torch.set_num_threads(args.threads)
 
-    from training.pairs import retrieval_set
-    from training.retrieval import tfidf_retrieval
+    from training.data.pairs import retrieval_set
+    from training.evaluation.retrieval import tfidf_retrieval
 
     t_start = time.perf_counter()
     rset = retrieval_set([RETRIEVAL_FILE])

@@ -60,9 +60,9 @@ VALID_FILES = ("wordnet.valid.txt", "pydocs.valid.txt")
 def prepare(args: argparse.Namespace) -> SimpleNamespace:
     """Tokenizer (cached), packed train/valid rows, the model config and our TrainConfig."""
     from tokenization import WordPieceTokenizer
-    from training.config import load_run_config
-    from training.data import build_dataset, load_corpus
-    from training.setup import build_model_config
+    from training.data.corpus import build_dataset, load_corpus
+    from training.pretrain.config import load_run_config
+    from training.pretrain.prepare import build_model_config
 
     overrides = [(k, v) for k, v in (args.set or [])]
     overrides += [("train.progress_bar", "false"), ("train.tensorboard", "false")]
@@ -99,7 +99,7 @@ class Ours:
     name = "ours"
 
     def __init__(self, env: SimpleNamespace, workdir: Path, budget_s: float | None) -> None:
-        from training.trainer import Trainer
+        from training.pretrain.trainer import Trainer
 
         cfg = dataclasses.replace(
             env.cfg,
@@ -181,7 +181,7 @@ class HFLoop:
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
         )
-        from training.data import RowOrder
+        from training.data.corpus import RowOrder
 
         self.order = RowOrder(len(env.train), cfg.seed)  # the same rows as ours, same order
         self.special = np.zeros(env.tok.vocab_size, dtype=bool)
@@ -248,7 +248,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
     """Our trainer under torchrun, 2 processes x 1 thread: tokens/s after the first window."""
     out = workdir / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "training.cli", "--config", str(args.config), "--output-dir", str(out)]
+    cmd += ["-m", "training.pretrain.cli", "--config", str(args.config), "--output-dir", str(out)]
     cmd += ["--corpus", *[str(DATA / f) for f in TRAIN_FILES], "--max-steps", str(steps + 2)]
     cmd += ["--vocab", str(args.env.tok_dir), "--cache_dir", str(CACHE), "--log_every", "2"]
     cmd += ["--save_every", "0", "--eval_every", "0", "--precision", "fp32", "--plot", "false"]
@@ -268,7 +268,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
             cmd += [f"--{k}", v]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    from training.metrics import read_metrics
+    from training.run.metrics import read_metrics
 
     records = [r for r in read_metrics(out / "metrics.jsonl") if "tokens_per_s" in r][1:]
     return float(np.mean([r["tokens_per_s"] for r in records]))
@@ -277,7 +277,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
 def quality(
     env: SimpleNamespace, budget_s: float, slice_s: float, eval_rows: int, workdir: Path
 ) -> dict[str, Any]:
-    from training.evaluate import evaluate_mlm
+    from training.evaluation.mlm import evaluate_mlm
 
     ours, hf = Ours(env, workdir / "q", budget_s), HFLoop(env, budget_s)
     t_start = time.perf_counter()

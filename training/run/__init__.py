@@ -1,0 +1,9 @@
+"""What every training run shares, whatever it trains.
+
+    checkpointing.py  atomic checkpoint directories, `latest`/`best` pointers, rotation
+    distributed.py    DDP from torchrun's environment, barriers, precision, RNG states, stop request
+    metrics.py        metrics.jsonl, TensorBoard, curves.png; the loop's window averages (RunLog)
+    schedule.py       warmup + cosine or linear LR over steps or over a wall-clock budget
+
+Deliberately not here: anything that knows what is trained (objectives, data, models' heads).
+"""
