@@ -190,7 +190,7 @@ def collect(lever: Lever, runs: Path) -> dict[str, Any] | None:
     valid = [r for r in rows if "valid_loss" in r]
     cloze_file = runs / f"{lever.name}.cloze.json"
     if not cloze_file.is_file():
-        cmd = [sys.executable, "-m", "training.evaluation.mlm", "--task", "cloze"]
+        cmd = [sys.executable, "-m", "training.evaluation.cli", "--task", "cloze"]
         cmd += ["--checkpoint", str(out / "final"), "--corpus", *map(str, VALID)]
         done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
         cloze_file.write_text(done.stdout)

@@ -282,8 +282,8 @@ def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, A
 def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dict[str, Any]:
     from model import BertForMaskedLM
     from tokenization import WordPieceTokenizer
-    from training.evaluation.mlm import checkpoint_pooling, evaluate_checkpoint_mlm
-    from training.evaluation.retrieval import evaluate_retrieval
+    from training.evaluation.mlm import evaluate_checkpoint_mlm
+    from training.evaluation.retrieval import checkpoint_pooling, evaluate_retrieval
 
     pooling = checkpoint_pooling(directory)
     model = BertForMaskedLM.from_pretrained(directory)

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from bench.bench_finetune import VALID as SUPERSENSE_VALID
     from bench.bench_finetune import quick_files
-    from training.evaluation.mlm import evaluate_checkpoint_retrieval
+    from training.evaluation.retrieval import evaluate_checkpoint_retrieval
 
     pre_min = 1.0 if args.quick else args.pretrain_min
     ft_min = 1.0 if args.quick else args.finetune_min

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from model import BertForMaskedLM, load_checkpoint
+from tokenization import WordPieceTokenizer
 from training.data.labelled import (
     LabelledDataError,
     TokenizedExamples,
@@ -150,9 +152,6 @@ def evaluate_checkpoint_classify(
     confusion_png: str | Path | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 and the per-class table of a classifier checkpoint on labelled files."""
-    from model import BertForMaskedLM, load_checkpoint
-    from tokenization import WordPieceTokenizer
-
     loaded = load_checkpoint(
         checkpoint,
         BertForMaskedLM,

@@ -36,12 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from model import BertForMaskedLM
+from tokenization import WordPieceTokenizer
 
 __all__ = [
     "ClozeItem",
     "ClozeScore",
     "cloze_items",
     "eligible_line",
+    "evaluate_checkpoint_cloze",
     "model_predictor",
     "score_cloze",
     "vocab_word_filter",
@@ -201,8 +206,6 @@ def model_predictor(
     With `candidates` (tokens of the vocabulary), only those are ranked, as `/fill-mask` with
     `targets` ranks them: the same choice the count-based baselines are given.
     """
-    import torch
-
     allowed = None
     if candidates is not None:
         allowed = torch.full((model.config.vocab_size,), float("-inf"))
@@ -247,3 +250,34 @@ def model_predictor(
         return out
 
     return predict
+
+
+def evaluate_checkpoint_cloze(
+    checkpoint: Path,
+    corpus: Sequence[str],
+    *,
+    seed: int = 0,
+    max_items: int = 2000,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """What `bert-eval --task cloze` prints: whole-word cloze top-1/top-5 of a checkpoint on the
+    lines of `corpus` (items chosen with its own vocabulary, as `cloze_items` says)."""
+    model = BertForMaskedLM.from_pretrained(checkpoint, map_location=device)
+    tokenizer = WordPieceTokenizer.from_pretrained(checkpoint)
+    items = cloze_items(corpus, vocab_word_filter([tokenizer]), seed=seed, max_items=max_items)
+    if not items:
+        raise ValueError(
+            f"no cloze items in {', '.join(map(str, corpus))}: no line of 6-30 words holds a "
+            "word of 3+ letters that is a single token of the vocabulary"
+        )
+    predict = model_predictor(model, tokenizer, batch_size=batch_size, device=device)
+    score = score_cloze(items, predict([it.masked(tokenizer.mask_token) for it in items]))
+    return {
+        "task": "cloze",
+        "checkpoint": str(checkpoint),
+        "corpus": [str(c) for c in corpus],
+        "seed": seed,
+        "max_items_per_file": max_items,
+        **score.to_dict(),
+    }

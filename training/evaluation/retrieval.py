@@ -9,6 +9,9 @@ Each query (a usage example) must find its own definition among all candidates o
     base = tfidf_retrieval(rset)          # same pairs, bag-of-words cosine
     ours["recall@1"] / base["recall@1"]
 
+`evaluate_checkpoint_retrieval` is `bert-eval --task retrieval`: both systems on the pairs of some
+files, side by side, for a checkpoint directory with its own pooling.
+
 Ties count at their expected value under random tie-breaking: a query whose target ties with
 other candidates is neither a sure hit nor a sure miss. This matters for TF-IDF, whose score row
 is all zeros for a query sharing no word with any candidate (that query gets recall@1 = 1/C, not
@@ -23,20 +26,27 @@ words and which we keep).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data.pairs import RetrievalSet
+from model import BertForMaskedLM
+from tokenization import WordPieceTokenizer
+from training.data.pairs import RetrievalSet, retrieval_set
+from training.evaluation.mlm import read_training_config
 
 __all__ = [
+    "checkpoint_pooling",
     "embed_texts",
+    "evaluate_checkpoint_retrieval",
     "evaluate_retrieval",
     "retrieval_metrics",
     "tfidf_retrieval",
@@ -218,3 +228,68 @@ def tfidf_retrieval(rset: RetrievalSet, ks: Sequence[int] = (1, 10)) -> dict[str
     if not rset.queries:
         raise ValueError("the retrieval set has no queries")
     return retrieval_metrics(tfidf_scores(rset.queries, rset.candidates), rset.targets, ks)
+
+
+def checkpoint_pooling(checkpoint: Path) -> str:
+    """The pooling a checkpoint was trained with (`pooling` in its config.json), else "mean"."""
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "mean"  # loading the model reports a missing or broken config properly
+    pooling = config.get("pooling", "mean") if isinstance(config, dict) else "mean"
+    if pooling not in ("mean", "cls"):
+        raise ValueError(
+            f"{checkpoint}/config.json: pooling must be 'mean' or 'cls', got {pooling!r}"
+        )
+    return pooling
+
+
+def evaluate_checkpoint_retrieval(
+    checkpoint: Path,
+    corpus: Sequence[str],
+    *,
+    pooling: str | None = None,
+    batch_size: int = 64,
+    max_seq_length: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """What `bert-eval --task retrieval` prints: our retrieval metrics and TF-IDF's on the
+    example -> definition pairs of `corpus`, side by side, with ratios ours / TF-IDF.
+
+    pooling=None uses the checkpoint's own (`checkpoint_pooling`). Raises ValueError when the
+    files hold no gloss with a usage example.
+    """
+    rset = retrieval_set(corpus)
+    if not rset.queries:
+        raise ValueError(
+            f"no example/definition pairs in {', '.join(map(str, corpus))}: retrieval needs "
+            "WordNet-style gloss lines ('lemma, lemma: definition. Usage example.')"
+        )
+    pooling = pooling or checkpoint_pooling(checkpoint)
+    model = BertForMaskedLM.from_pretrained(checkpoint, map_location=device)
+    tokenizer = WordPieceTokenizer.from_pretrained(checkpoint)
+    seq_len = max_seq_length or int(read_training_config(checkpoint).get("max_seq_length", 128))
+    ours = evaluate_retrieval(
+        model,
+        tokenizer,
+        rset,
+        pooling=pooling,
+        batch_size=batch_size,
+        max_length=seq_len,
+        device=device,
+    )
+    tfidf = tfidf_retrieval(rset)
+    metric_names = [k for k in tfidf if k.startswith("recall@") or k == "mrr"]
+    return {
+        "task": "retrieval",
+        "checkpoint": str(checkpoint),
+        "corpus": [str(c) for c in corpus],
+        "pooling": pooling,
+        "max_seq_length": seq_len,
+        "queries": len(rset.queries),
+        "candidates": len(rset.candidates),
+        "ours": {k: ours[k] for k in metric_names},
+        "tfidf": {k: tfidf[k] for k in metric_names},
+        # None, not inf, when TF-IDF scores 0: JSON has no infinity.
+        "ratio_to_tfidf": {k: ours[k] / tfidf[k] if tfidf[k] else None for k in metric_names},
+    }

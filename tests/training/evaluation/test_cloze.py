@@ -17,16 +17,16 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tokenization import WordPieceTokenizer
+from training.evaluation.cli import main as eval_main
 from training.evaluation.cloze import (
     ClozeItem,
     cloze_items,
     eligible_line,
+    evaluate_checkpoint_cloze,
     model_predictor,
     score_cloze,
     vocab_word_filter,
 )
-from training.evaluation.mlm import evaluate_checkpoint_cloze
-from training.evaluation.mlm import main as eval_main
 from training.evaluation.ngram import NGramModel, unigram_predictor, words
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -25,8 +25,9 @@ from training.data.pairs import (
     split_sentences,
     training_pairs,
 )
-from training.evaluation.mlm import checkpoint_pooling, main
+from training.evaluation.cli import main
 from training.evaluation.retrieval import (
+    checkpoint_pooling,
     embed_texts,
     evaluate_retrieval,
     retrieval_metrics,

@@ -223,7 +223,7 @@ def test_cli_trains_and_bert_eval_classify_reports_the_same_figures(tmp_path):
 
     png = tmp_path / "confusion.png"
     proc = _cli(
-        "training.evaluation.mlm",
+        "training.evaluation.cli",
         *("--task", "classify", "--checkpoint", str(out / "best"), "--corpus", str(valid)),
         *("--confusion", str(png)),
     )

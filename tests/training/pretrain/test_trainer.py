@@ -14,7 +14,7 @@ from train_testing import DATA, cli_args, write_corpus
 import model.bert
 from model import BertForMaskedLM
 from tokenization import WordPieceTokenizer
-from training.evaluation import mlm as evaluate
+from training.evaluation import cli as evaluate
 from training.pretrain.cli import main
 from training.run.checkpointing import CheckpointManager
 from training.run.metrics import read_metrics
