@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from atomicio import atomic_write_files
+from training.data.jsonl import read_jsonl
 
 __all__ = [
     "LineDataset",
@@ -80,21 +81,16 @@ def iter_documents(path: str | os.PathLike[str]) -> Iterator[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"corpus file {str(path)!r} does not exist")
-    jsonl = path.suffix.lower() == ".jsonl"
+    if path.suffix.lower() == ".jsonl":
+        for lineno, obj in read_jsonl(path, error=DataError):
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise DataError(f"{path}:{lineno}: expected an object with a string 'text'")
+            if text := obj["text"].strip():
+                yield text
+        return
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if jsonl:
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise DataError(f"{path}:{lineno}: expected an object with a string 'text'")
-                line = obj["text"]
-            text = line.strip()
-            if text:
+        for line in f:
+            if text := line.strip():
                 yield text
 
 

@@ -17,7 +17,6 @@ and multi-label rows (one text, one label per example).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.data.jsonl import read_jsonl
 
 __all__ = [
     "LabelSet",
@@ -57,12 +58,14 @@ def read_labelled(path: str | Path) -> list[Example]:
     if suffix not in FORMATS:
         raise LabelledDataError(f"{path}: unknown format {suffix!r}; use one of {FORMATS}")
     try:
-        text = path.read_text(encoding="utf-8")
+        if suffix == ".jsonl":
+            examples = _read_jsonl(path)
+        else:
+            examples = _read_table(path, path.read_text(encoding="utf-8"), suffix)
     except FileNotFoundError:
         raise LabelledDataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LabelledDataError(f"{path}: cannot read it as UTF-8 text ({e})") from None
-    examples = _read_jsonl(path, text) if suffix == ".jsonl" else _read_table(path, text, suffix)
     if not examples:
         raise LabelledDataError(f"{path}: no examples")
     return examples
@@ -98,15 +101,9 @@ def _read_table(path: Path, text: str, suffix: str) -> list[Example]:
     return out
 
 
-def _read_jsonl(path: Path, text: str) -> list[Example]:
+def _read_jsonl(path: Path) -> list[Example]:
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LabelledDataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+    for lineno, obj in read_jsonl(path, error=LabelledDataError):
         if not isinstance(obj, dict) or "label" not in obj or "text" not in obj:
             raise LabelledDataError(f"{path}:{lineno}: expected an object with 'label' and 'text'")
         label = obj["label"]

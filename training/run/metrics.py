@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.data.jsonl import read_jsonl
+
 __all__ = [
     "MetricsLogger",
     "RunLog",
@@ -167,17 +169,11 @@ class RunLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl; a torn last line (crash mid-write) is skipped."""
-    out = []
-    p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """Records of a metrics.jsonl ([] before the first); a line torn by a crash mid-write is
+    skipped."""
+    if not Path(path).is_file():
+        return []
+    return [record for _, record in read_jsonl(path, skip_invalid=True)]
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -151,7 +151,7 @@ def test_metrics_equal_scikit_learn():
     [
         ("a.tsv", "text\tclass\nhello\tx\n", "must name a 'label' and a 'text'"),
         ("b.tsv", "label\ttext\nx\t \n", r"b.tsv:2: empty text"),
-        ("c.jsonl", '{"label": "x", "text": "hi"}\nnot json\n', r"c.jsonl:2: not JSON"),
+        ("c.jsonl", '{"label": "x", "text": "hi"}\nnot json\n', r"c.jsonl:2: invalid JSON"),
         ("d.jsonl", '{"label": true, "text": "hi"}\n', "label must be a string or an integer"),
         ("e.txt", "label\ttext\n", "unknown format"),
         ("f.csv", "label,text\n", "no examples"),
