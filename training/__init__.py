@@ -1,11 +1,13 @@
 """Training: MLM pretraining, fine-tuning text classifiers, and the evaluations of both.
 
-Five wings, each a folder whose `__init__.py` maps its modules (tests/training/test_layout.py
-keeps every map true and the order below); a wing imports only wings below it:
+Five wings, each a folder whose `__init__.py` maps its modules; a wing imports only the wings
+listed above it, and pretrain/ and finetune/ never each other (tests/training/test_layout.py
+keeps the maps true and the order kept):
 
-    run/          what every run shares: settings, checkpoints, LR schedule, metrics, processes
     data/         files -> examples: corpora and their token cache, gloss pairs, labelled
                   files, masking
+    run/          what every run shares: settings, the loop, checkpoints, LR schedule, metrics,
+                  processes
     evaluation/   MLM, cloze and retrieval metrics with their baselines, classification; `bert-eval`
     pretrain/     MLM (+ contrastive, sentence order) pretraining: set-up, trainer, `bert-train`
     finetune/     a checkpoint fine-tuned as a text classifier: `bert-finetune`

@@ -20,9 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model import ModelError
 from training.data.labelled import CLASS_WEIGHTINGS
 from training.finetune.config import load_finetune_config
-from training.pretrain.config import TrainConfigError
+from training.finetune.tuner import FineTuner
+from training.run.options import TrainConfigError
 
 # flag -> FinetuneConfig field
 _FLAGS = {
@@ -96,9 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_finetune_config(args.config, overrides)
     except (TrainConfigError, OSError) as e:
         parser.error(str(e))
-
-    from model import ModelError
-    from training.finetune.tuner import FineTuner
 
     try:
         tuner = FineTuner(

@@ -42,10 +42,10 @@ import yaml
 from training.data.labelled import LabelSet, class_weights, encode_examples, read_labelled
 from training.evaluation.classification import classification_metrics, predict
 from training.finetune.config import FinetuneConfig
-from training.pretrain.config import TrainConfigError
 from training.run.checkpointing import CheckpointManager, assert_finite_weights
 from training.run.distributed import autocast_for, resolve_precision, rng_state, set_rng_state
 from training.run.metrics import MetricsLogger, RunLog, StepStats, plot_finetune_curves
+from training.run.options import TrainConfigError
 from training.run.schedule import LRSchedule
 
 __all__ = ["FineTuneResult", "FineTuner"]

@@ -13,7 +13,7 @@ Any setting of the config file can be overridden: `--train.lr 1e-3`, `--model.nu
 or flat `--lr 1e-3` when the name belongs to one section only; `--key=value` works too. Under
 `torchrun --nproc_per_node=N` the same command trains with DDP.
 
-Deliberately thin: parsing and error reporting only; the work is `setup.run_training`.
+Deliberately thin: parsing and error reporting only; the work is `prepare.run_training`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from training.pretrain.config import TrainConfig, TrainConfigError, load_run_config
+from training.pretrain.config import TrainConfig, load_run_config
+from training.pretrain.prepare import run_training
+from training.pretrain.trainer import NonFiniteLossError
+from training.run.options import TrainConfigError
 
 __all__ = ["build_parser", "main", "split_overrides"]
 
@@ -123,9 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))  # exits with status 2
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after={args.stop_after} must be >= 1")
-
-    from training.pretrain.prepare import run_training
-    from training.pretrain.trainer import NonFiniteLossError
 
     try:
         result = run_training(

@@ -10,8 +10,8 @@ A run is described by one YAML file with two sections::
 and every field can be overridden on the command line, dotted (`--train.lr 1e-3`,
 `--model.hidden_size 64`) or flat when the name belongs to one section only (`--lr 1e-3`).
 Unknown keys are errors that name the key; values are coerced to the field's type (so YAML's
-`1e-3`, which PyYAML reads as a string, still becomes a float) and checked in one place,
-`TrainConfig.__post_init__`.
+`1e-3`, which PyYAML reads as a string, still becomes a float) and checked in
+`TrainConfig.__post_init__`, which extends the shared settings' `training.run.options.RunConfig`.
 
 Deliberately not here: paths of the corpus, validation set and output directory (they are
 command-line arguments of a run, not properties of a recipe) and any model validation beyond the
@@ -23,36 +23,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 
+from training.run.options import RunConfig, TrainConfigError
+
 __all__ = [
     "TrainConfig",
-    "TrainConfigError",
     "apply_overrides",
-    "coerce_value",
     "load_run_config",
     "model_field_names",
 ]
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-
-
-class TrainConfigError(ValueError):
-    """A training setting is unknown, of the wrong type, or out of range."""
-
-
-T = TypeVar("T")
-
 
 @dataclass
-class TrainConfig:
-    """Every knob of a training run except the model shape and the file paths."""
+class TrainConfig(RunConfig):
+    """Every knob of a pretraining run except the model shape and the file paths (the shared
+    ones, optimisation to logging, are `RunConfig`'s, with pretraining's defaults)."""
+
+    section: ClassVar[str] = "train"
 
     # --- data ---
     max_seq_length: int = 128  # cramming/budget-BERT length: 4x cheaper attention than 512
@@ -68,95 +61,45 @@ class TrainConfig:
     # --- objectives: step loss = mlm_weight * MLM + sop_weight * SOP + contrastive_weight * NCE ---
     mlm_weight: float = 1.0  # 0 = a contrastive-only stage (fill-mask is then left to drift)
     contrastive_weight: float = 0.0  # 0 = off: plain MLM, bit for bit as without these keys
-    contrastive_data: Literal["pairs", "simcse", "both"] = (
-        "pairs"  # see training/pretrain/contrastive.py
-    )
+    contrastive_data: Literal["pairs", "simcse", "both"] = "pairs"  # see contrastive.py
     contrastive_batch_size: int = 64  # positive pairs per InfoNCE batch (the rest are negatives)
     contrastive_max_length: int = 64  # tokens per sentence, [CLS] and [SEP] included
     contrastive_symmetric: bool = True  # also match b -> a (CLIP-style); False = a -> b only
     temperature: float = 0.05  # SimCSE's value
     pooling: Literal["mean", "cls"] = "mean"  # recorded in config.json for servers and evals
-    # Sentence pairs through BERT's NSP head (training/pretrain/sentence_order.py): 0 = off.
+    # Sentence pairs through BERT's NSP head (sentence_order.py): 0 = off.
     sop_weight: float = 0.0  # step loss += sop_weight * sentence-pair cross-entropy
     sentence_objective: Literal["sop", "nsp"] = "sop"  # ALBERT's order, or BERT's random next
     init_from: str | None = None  # checkpoint dir: its weights and tokenizer, a fresh optimizer
-    # --- optimisation ---
-    batch_size: int = 64  # sequences per micro-batch per process
+    # --- optimisation, numerics, evaluation beyond RunConfig's ---
     grad_accum_steps: int = 1  # micro-batches per optimizer step (larger effective batch)
-    lr: float = 1e-3  # peak learning rate; small BERTs tolerate far more than base's 1e-4
-    min_lr: float = 0.0  # floor of the cosine decay
-    warmup_fraction: float = 0.06  # of max_steps, or of the time budget
-    lr_schedule: Literal["cosine", "triangular"] = "cosine"  # decay after the warmup
-    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98  # RoBERTa's value: steadier with large LRs and short runs
-    adam_eps: float = 1e-6
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    max_steps: int = 10_000  # the schedule's length (and a cap in time-budget mode)
-    time_budget_minutes: float | None = None  # lay the schedule over wall-clock time instead
-    seed: int = 0
-    # --- numerics / hardware ---
-    precision: Precision = "auto"  # auto: bf16 on CUDA/CPUs with native bf16, fp32 elsewhere
     compile: bool = False  # torch.compile the model (costs a compile up front)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = 0  # torch intra-op threads; 0 = torch's default (1 per process under DDP)
-    max_consecutive_nonfinite: int = 5  # abort after this many skipped steps in a row
-    # --- evaluation, checkpoints, logging ---
-    eval_every: int = 500  # steps; 0 = only at the end
-    eval_batch_size: int = 64
     eval_max_sequences: int = 1024  # cap of validation rows per evaluation (0 = all)
     eval_seed: int = 1234  # fixed masking seed so validation numbers compare across runs
     save_every: int = 1000  # steps; 0 = only at the end
-    keep_last: int = 2  # periodic checkpoints kept (the best one is kept in addition)
-    log_every: int = 10  # steps between metric records
-    tensorboard: bool = True
-    plot: bool = True  # write curves.png at the end
-    progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, coerce_value(f.name, getattr(self, f.name), hints[f.name]))
-        _check(self.max_seq_length >= 8, "max_seq_length", self.max_seq_length, ">= 8")
-        _check(
-            0.0 < self.mlm_probability < 1.0, "mlm_probability", self.mlm_probability, "in (0, 1)"
-        )
+        super().__post_init__()
+        check = self.check
+        check(self.max_seq_length >= 8, "max_seq_length", self.max_seq_length, ">= 8")
+        check(0.0 < self.mlm_probability < 1.0, "mlm_probability", self.mlm_probability,
+              "in (0, 1)")  # fmt: skip
         for name in ("mask_token_prob", "random_token_prob"):
-            _check(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "in [0, 1]")
-        _check(
+            check(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "in [0, 1]")
+        check(
             self.mask_token_prob + self.random_token_prob <= 1.0 + 1e-9,
             "mask_token_prob + random_token_prob",
             self.mask_token_prob + self.random_token_prob,
             "<= 1",
         )
-        for name in ("batch_size", "grad_accum_steps", "max_steps", "eval_batch_size", "log_every"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
-        for name in ("eval_every", "save_every", "eval_max_sequences", "num_threads"):
-            _check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
-        _check(self.keep_last >= 1, "keep_last", self.keep_last, ">= 1")
-        _check(
-            self.vocab_min_frequency >= 1, "vocab_min_frequency", self.vocab_min_frequency, ">= 1"
-        )
-        _check(self.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite",
-               self.max_consecutive_nonfinite, ">= 1")  # fmt: skip
-        _check(self.lr > 0, "lr", self.lr, "> 0")
-        _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"in [0, lr={self.lr}]")
-        _check(
-            0.0 <= self.warmup_fraction < 1.0, "warmup_fraction", self.warmup_fraction, "in [0, 1)"
-        )
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
-        for name in ("adam_beta1", "adam_beta2"):
-            _check(0.0 <= getattr(self, name) < 1.0, name, getattr(self, name), "in [0, 1)")
-        _check(self.adam_eps > 0, "adam_eps", self.adam_eps, "> 0")
-        _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, ">= 0")
-        if self.time_budget_minutes is not None:
-            _check(self.time_budget_minutes > 0, "time_budget_minutes", self.time_budget_minutes,
-                   "> 0 (or null for a step schedule)")  # fmt: skip
-        for name in ("mlm_weight", "contrastive_weight"):
+        check(self.grad_accum_steps >= 1, "grad_accum_steps", self.grad_accum_steps, ">= 1")
+        for name in ("save_every", "eval_max_sequences"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        check(self.vocab_min_frequency >= 1, "vocab_min_frequency", self.vocab_min_frequency,
+              ">= 1")  # fmt: skip
+        for name in ("mlm_weight", "contrastive_weight", "sop_weight"):
             value = getattr(self, name)
-            _check(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
-        _check(math.isfinite(self.sop_weight) and self.sop_weight >= 0, "sop_weight",
-               self.sop_weight, "a finite number >= 0")  # fmt: skip
+            check(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
         if self.sop_weight > 0 and (not self.packing or self.mlm_weight == 0):
             raise TrainConfigError(
                 "train.sop_weight > 0 needs packed rows (packing: true) and the MLM objective "
@@ -167,100 +110,20 @@ class TrainConfig:
                 "train.mlm_weight=0 and train.contrastive_weight=0 leave nothing to train: "
                 "set at least one of them > 0"
             )
-        _check(self.contrastive_batch_size >= 2, "contrastive_batch_size",
-               self.contrastive_batch_size, ">= 2 (in-batch negatives need a second pair)")  # fmt: skip
-        _check(self.contrastive_max_length >= 3, "contrastive_max_length",
-               self.contrastive_max_length, ">= 3 ([CLS], a token, [SEP])")  # fmt: skip
-        _check(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
-               self.temperature, "a finite number > 0")  # fmt: skip
+        check(self.contrastive_batch_size >= 2, "contrastive_batch_size",
+              self.contrastive_batch_size, ">= 2 (in-batch negatives need a second pair)")  # fmt: skip
+        check(self.contrastive_max_length >= 3, "contrastive_max_length",
+              self.contrastive_max_length, ">= 3 ([CLS], a token, [SEP])")  # fmt: skip
+        check(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
+              self.temperature, "a finite number > 0")  # fmt: skip
         if self.init_from is not None:
-            _check(self.init_from.strip() != "", "init_from", self.init_from,
-                   "a checkpoint directory or null")  # fmt: skip
-        if self.precision == "fp16" and self.device == "cpu":
-            raise TrainConfigError("precision='fp16' needs CUDA (GradScaler); use 'bf16' on CPU")
+            check(self.init_from.strip() != "", "init_from", self.init_from,
+                  "a checkpoint directory or null")  # fmt: skip
 
     @property
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step for one process (packed rows are always full)."""
         return self.batch_size * self.grad_accum_steps * self.max_seq_length
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a mapping; unknown keys are errors naming the key."""
-        return from_known_keys(cls, d, "train")
-
-
-def from_known_keys(cls: type[T], d: dict[str, Any], what: str) -> T:
-    """``cls(**d)`` for a dataclass, refusing keys that are not its fields (naming them)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise TrainConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(names)}")
-    return cls(**d)
-
-
-def _check(ok: bool, name: str, value: Any, want: str) -> None:
-    if not ok:
-        raise TrainConfigError(f"train.{name}={value!r} is invalid: must be {want}")
-
-
-def coerce_value(name: str, value: Any, hint: Any) -> Any:
-    """Convert `value` (from YAML or a command line string) to the type `hint`.
-
-    `coerce_value("lr", "1e-3", float) -> 0.001`; `coerce_value("packing", "false", bool) -> False`;
-    `coerce_value("x", "none", float | None) -> None`. Raises TrainConfigError naming `name`.
-    """
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if type(None) in args and (value is None or str(value).lower() in ("none", "null", "")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce_value(name, value, inner[0])
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise TrainConfigError(f"{name}={value!r} is invalid: must be one of {list(choices)}")
-        return value
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-                return False
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError(value)
-        if hint is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise ValueError(value)
-                return int(value)
-            if isinstance(value, str):
-                f = float(value.replace("_", ""))  # allows "1e4" and "10_000"
-                if not f.is_integer():
-                    raise ValueError(value)
-                return int(f)
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if hint is str:
-            if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise ValueError(value)
-            return str(value)
-    except (TypeError, ValueError):
-        tname = getattr(hint, "__name__", str(hint))
-        raise TrainConfigError(f"{name}={value!r} is invalid: expected {tname}") from None
-    return value
 
 
 # BertConfig fields that the train section sets: `pooling` is chosen with the objective

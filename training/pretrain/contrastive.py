@@ -51,7 +51,8 @@ from training.data.corpus import (
     write_token_arrays,
 )
 from training.data.pairs import gloss_files, training_pairs
-from training.pretrain.config import TrainConfig, TrainConfigError
+from training.pretrain.config import TrainConfig
+from training.run.options import TrainConfigError
 
 __all__ = [
     "ContrastiveData",

@@ -26,10 +26,11 @@ import torch.distributed as dist
 
 from training.data.corpus import build_dataset, iter_documents, load_corpus
 from training.data.pairs import gloss_files, retrieval_set
-from training.pretrain.config import TrainConfig, TrainConfigError, coerce_value
+from training.pretrain.config import TrainConfig
 from training.pretrain.contrastive import ContrastiveData, build_contrastive_data, check_objective
 from training.pretrain.trainer import Trainer, TrainResult
 from training.run.distributed import DistInfo, barrier, init_distributed
+from training.run.options import TrainConfigError, coerce_value
 
 __all__ = [
     "build_model_config",

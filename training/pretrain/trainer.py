@@ -64,8 +64,9 @@ from training.data.corpus import (
 )
 from training.data.pairs import RetrievalSet
 from training.evaluation.mlm import evaluate_mlm
+from training.evaluation.retrieval import evaluate_retrieval
 from training.pretrain.batches import MLMBatches
-from training.pretrain.config import TrainConfig, TrainConfigError
+from training.pretrain.config import TrainConfig
 from training.pretrain.contrastive import (
     ContrastiveData,
     check_objective,
@@ -82,6 +83,7 @@ from training.run.distributed import (
     set_rng_state,
 )
 from training.run.metrics import MetricsLogger, RunLog, StepStats
+from training.run.options import TrainConfigError
 from training.run.schedule import LRSchedule
 
 __all__ = ["NonFiniteLossError", "StepStats", "TrainResult", "Trainer"]
@@ -303,8 +305,6 @@ class Trainer:
         """
         if self.retrieval is None:
             return {}
-        from training.evaluation.retrieval import evaluate_retrieval
-
         with self.autocast:
             found = evaluate_retrieval(
                 self.model,

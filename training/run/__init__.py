@@ -1,5 +1,6 @@
 """What every training run shares, whatever it trains.
 
+    options.py        RunConfig: the settings every run shares, their coercion and checks
     checkpointing.py  atomic checkpoint directories, `latest`/`best` pointers, rotation
     distributed.py    DDP from torchrun's environment, barriers, precision, RNG states, stop request
     metrics.py        metrics.jsonl, TensorBoard, curves.png; the loop's window averages (RunLog)

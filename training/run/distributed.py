@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from model.hardware import native_bf16_cpu
-from training.pretrain.config import TrainConfig, TrainConfigError
+from training.run.options import RunConfig, TrainConfigError
 
 __all__ = [
     "DistInfo",
@@ -29,6 +29,7 @@ __all__ = [
     "autocast_for",
     "barrier",
     "init_distributed",
+    "resolve_device",
     "resolve_precision",
     "rng_state",
     "set_rng_state",
@@ -53,12 +54,19 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(cfg: TrainConfig) -> DistInfo:
+def resolve_device(device: str) -> torch.device:
+    """The device a run's `device` setting names: "auto" is CUDA when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def init_distributed(cfg: RunConfig) -> DistInfo:
     """DDP from the environment (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    want_cuda = resolve_device(cfg.device).type == "cuda"
     if "RANK" not in os.environ or world <= 1:
-        return DistInfo(device=torch.device("cuda" if want_cuda else "cpu"))
+        return DistInfo(device=resolve_device(cfg.device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
         torch.cuda.set_device(local_rank)
@@ -138,7 +146,3 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-# ----------------------------------------------------------------------------------------------
-# The trainer

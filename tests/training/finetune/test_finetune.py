@@ -18,7 +18,7 @@ from training.data.labelled import LabelledDataError, LabelSet, class_weights, r
 from training.evaluation.classification import classification_metrics
 from training.finetune.config import FinetuneConfig, load_finetune_config
 from training.finetune.tuner import FineTuner
-from training.pretrain.config import TrainConfigError
+from training.run.options import TrainConfigError
 
 QUICK = {
     "batch_size": 8,

@@ -21,7 +21,7 @@ from app.main import create_app
 from model import BertConfig, BertForMaskedLM, ConfigError, pool
 from training.data.pairs import gloss_files
 from training.pretrain.cli import main
-from training.pretrain.config import TrainConfig, TrainConfigError, load_run_config
+from training.pretrain.config import TrainConfig, load_run_config
 from training.pretrain.contrastive import (
     ContrastiveData,
     TextTable,
@@ -32,6 +32,7 @@ from training.pretrain.contrastive import (
 )
 from training.run.checkpointing import CheckpointManager
 from training.run.metrics import read_metrics
+from training.run.options import TrainConfigError
 
 ADMIN_TOKEN = "contrastive-admin-token-0123456789"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,8 +10,9 @@ from train_testing import cli_args
 
 from model import BertForMaskedLM
 from training.pretrain.cli import main
-from training.pretrain.config import TrainConfig, TrainConfigError
+from training.pretrain.config import TrainConfig
 from training.pretrain.sentence_order import make_pairs
+from training.run.options import TrainConfigError
 
 CLS, SEP = 1, 2
 

@@ -7,8 +7,9 @@ import yaml
 
 from model import BertConfig
 from training.pretrain.cli import split_overrides
-from training.pretrain.config import TrainConfig, TrainConfigError, load_run_config
+from training.pretrain.config import TrainConfig, load_run_config
 from training.pretrain.prepare import build_model_config
+from training.run.options import TrainConfigError
 
 SHIPPED = {
     "bert_tiny.yaml": (2, 128, 2, 512),
