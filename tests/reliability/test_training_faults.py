@@ -357,7 +357,7 @@ def test_one_kill_while_moving_latest_resumes_from_the_previous_checkpoint(
     run_launcher(args, f"latest:{ckpt(8)}", work / "quick-killed.log")
     assert committed(out) == (ckpt(4), 4)
     assert (out / ckpt(8)).is_dir()  # complete on disk, but never committed: not used
-    with caplog.at_level(logging.INFO, logger="training.pretrain.trainer"):
+    with caplog.at_level(logging.INFO, logger="training.run.loop"):
         assert train_main([*args, "--resume"]) == 0
     resumed = [m.groups() for r in caplog.records if (m := RESUMED.search(r.getMessage()))]
     assert resumed == [(str(out / ckpt(4)), "4")]

@@ -6,8 +6,9 @@
 
 Every `FinetuneConfig` field can be set in the YAML recipe, with its own flag for the common ones
 (`--lr`, `--epochs`, ...) or with `--set name=value` for the rest; flags win over the recipe.
-Exit status 2 for bad settings or data (one message naming the problem), 0 otherwise. The
-trained classifier is `OUTPUT_DIR/best`. Deliberately not here: the loop itself
+Exit status 2 for bad settings or data (one message naming the problem), 3 when training
+diverged (too many non-finite steps in a row), 0 otherwise (also when stopped by Ctrl-C or
+SIGTERM: `--resume` continues the run). The trained classifier is `OUTPUT_DIR/best`. Deliberately not here: the loop itself
 (training/finetune/tuner.py).
 """
 
@@ -24,6 +25,7 @@ from model import ModelError
 from training.data.labelled import CLASS_WEIGHTINGS
 from training.finetune.config import load_finetune_config
 from training.finetune.tuner import FineTuner
+from training.run.loop import NonFiniteLossError
 from training.run.options import TrainConfigError
 
 # flag -> FinetuneConfig field
@@ -108,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=args.output_dir,
         )
         result = tuner.train(resume=args.resume, stop_after=args.stop_after)
+    except NonFiniteLossError as e:
+        print(f"bert-finetune: training diverged: {e}", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError, ModelError) as e:
         print(f"bert-finetune: error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from training.pretrain.config import TrainConfig, load_run_config
 from training.pretrain.prepare import run_training
-from training.pretrain.trainer import NonFiniteLossError
+from training.run.loop import NonFiniteLossError
 from training.run.options import TrainConfigError
 
 __all__ = ["build_parser", "main", "split_overrides"]

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from model import BertConfig
 from training.run.options import RunConfig, TrainConfigError
 
 __all__ = [
@@ -133,14 +134,8 @@ TRAIN_OWNED_MODEL_FIELDS = frozenset({"pooling"})
 
 def model_field_names() -> set[str]:
     """Names accepted in the `model:` section (the fields of model.BertConfig but pooling)."""
-    from model import BertConfig
-
-    if dataclasses.is_dataclass(BertConfig):
-        names = {f.name for f in dataclasses.fields(BertConfig) if f.init}
-        return names - TRAIN_OWNED_MODEL_FIELDS
-    import inspect
-
-    return {p for p in inspect.signature(BertConfig).parameters if p != "self"}
+    names = {f.name for f in dataclasses.fields(BertConfig) if f.init}
+    return names - TRAIN_OWNED_MODEL_FIELDS
 
 
 def _parse_cli_value(text: str) -> Any:

@@ -1,22 +1,25 @@
 """Everything a run needs before its first step, and `run_training`, the whole `bert-train` job.
 
-`run_training` sets up DDP (training/run/distributed.py), the tokenizer (trained from the corpus, or
-reused), the model config (from the YAML model section, or the `init_from` checkpoint's), the
-cached data and the valid retrieval pairs, then hands over to `Trainer.train()`.
+`run_training` sets up DDP (training/run/distributed.py), the tokenizer (trained from the corpus,
+or reused), the model config (from the YAML model section, or the `init_from` checkpoint's), the
+cached data and the valid retrieval pairs (`prepare_data`), then hands over to `Trainer.train()`.
 
-Deliberately not here: the loop itself (training/pretrain/trainer.py) and checkpoint I/O
+Deliberately not here: the loop itself (trainer.py, training/run/loop.py) and checkpoint I/O
 (training/run/checkpointing.py, model/checkpoint.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import random
 import tempfile
 import time
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training.data.corpus import build_dataset, iter_documents, load_corpus
-from training.data.pairs import gloss_files, retrieval_set
+from model import BertConfig, ModelError
+from model.layout import read_layout
+from tokenization import WordPieceTokenizer, has_tokenizer
+from training.data.corpus import (
+    LineDataset,
+    PackedDataset,
+    build_dataset,
+    iter_documents,
+    load_corpus,
+)
+from training.data.pairs import RetrievalSet, gloss_files, retrieval_set
 from training.pretrain.config import TrainConfig
 from training.pretrain.contrastive import ContrastiveData, build_contrastive_data, check_objective
 from training.pretrain.trainer import Trainer, TrainResult
@@ -33,9 +45,11 @@ from training.run.distributed import DistInfo, barrier, init_distributed
 from training.run.options import TrainConfigError, coerce_value
 
 __all__ = [
+    "RunData",
     "build_model_config",
     "init_checkpoint",
     "init_model_config",
+    "prepare_data",
     "prepare_tokenizer",
     "run_training",
 ]
@@ -58,8 +72,6 @@ def prepare_tokenizer(
     Resume: the run's own tokenizer. `vocab` given: that one. Otherwise a WordPiece vocabulary of
     `vocab_size` is trained on the corpus (jsonl files contribute their `text` fields).
     """
-    from tokenization import WordPieceTokenizer
-
     tok_dir = output_dir / "tokenizer"
     if resume and (tok_dir / "vocab.txt").is_file():
         return WordPieceTokenizer.from_pretrained(tok_dir)
@@ -95,10 +107,6 @@ def prepare_tokenizer(
 
 def build_model_config(model_section: dict[str, Any], vocab_size: int, cfg: TrainConfig) -> Any:
     """BertConfig from the YAML model section, with the tokenizer's real vocabulary size."""
-    import typing
-
-    from model import BertConfig
-
     hints = typing.get_type_hints(BertConfig)
     values = {k: coerce_value(f"model.{k}", v, hints[k]) for k, v in model_section.items()}
     requested = values.get("vocab_size")
@@ -130,10 +138,6 @@ def init_checkpoint(cfg: TrainConfig, vocab: str | os.PathLike[str] | None) -> P
     """
     if cfg.init_from is None:
         return None
-    from model import ModelError
-    from model.layout import read_layout
-    from tokenization import WordPieceTokenizer, has_tokenizer
-
     try:
         directory = read_layout(cfg.init_from).model_dir
     except ModelError as e:
@@ -165,12 +169,6 @@ def init_model_config(
     Shape settings in the model section must equal the checkpoint's (TrainConfigError names the
     first that does not); only dropout may differ.
     """
-    import dataclasses
-    import typing
-
-    from model import BertConfig, ModelError
-    from model.layout import read_layout
-
     try:
         base = read_layout(directory).config
     except ModelError as e:
@@ -199,6 +197,69 @@ def init_model_config(
             f"max_position_embeddings={config.max_position_embeddings}"
         )
     return config
+
+
+@dataclass
+class RunData:
+    """What a run trains and evaluates on (`prepare_data`)."""
+
+    train: PackedDataset | LineDataset
+    valid: PackedDataset | LineDataset | None
+    contrastive: ContrastiveData | None  # when train.contrastive_weight > 0
+    retrieval: RetrievalSet | None  # the valid gloss pairs, on rank 0 (it alone evaluates)
+
+
+def prepare_data(
+    cfg: TrainConfig,
+    tokenizer: Any,
+    *,
+    corpus: Sequence[str],
+    valid: Sequence[str] | None,
+    info: DistInfo,
+) -> RunData:
+    """The run's datasets from cached token ids: rank 0 tokenizes and fills the cache, the
+    others then read it."""
+    cache = cfg.cache_dir or None
+
+    def load() -> tuple[Any, Any, ContrastiveData | None]:
+        train_corpora = load_corpus(corpus, tokenizer, cache)
+        valid_corpora = load_corpus(valid, tokenizer, cache) if valid else None
+        contrastive = None
+        if cfg.contrastive_weight > 0:
+            contrastive = build_contrastive_data(
+                cfg, tokenizer, corpus=corpus, holdout=valid or [], train_corpora=train_corpora
+            )
+        return train_corpora, valid_corpora, contrastive
+
+    if info.is_main:
+        train_corpora, valid_corpora, contrastive = load()
+    barrier(info)
+    if not info.is_main:
+        train_corpora, valid_corpora, contrastive = load()
+    retrieval = None
+    if info.is_main and valid:
+        rset = retrieval_set(gloss_files(valid))
+        if rset.queries:
+            retrieval = rset
+            logger.info(
+                "valid retrieval: %d queries, %d candidates",
+                len(rset.queries),
+                len(rset.candidates),
+            )
+    seq = cfg.max_seq_length
+    train_data = build_dataset(train_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
+    valid_data = (
+        build_dataset(valid_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
+        if valid_corpora
+        else None
+    )
+    logger.info(
+        "data: %d train rows of %d tokens%s",
+        len(train_data),
+        seq,
+        f", {len(valid_data)} valid rows" if valid_data else "",
+    )
+    return RunData(train_data, valid_data, contrastive, retrieval)
 
 
 def run_training(
@@ -246,53 +307,13 @@ def run_training(
             # Saved with every checkpoint: tokenizers (ours and transformers') then truncate to
             # what the position table holds.
             tokenizer.model_max_length = model_config.max_position_embeddings
-        cache = cfg.cache_dir or None
-
-        def load_data() -> tuple[Any, Any, ContrastiveData | None]:
-            train_corpora = load_corpus(corpus, tokenizer, cache)
-            valid_corpora = load_corpus(valid, tokenizer, cache) if valid else None
-            contrastive = None
-            if cfg.contrastive_weight > 0:
-                contrastive = build_contrastive_data(
-                    cfg, tokenizer, corpus=corpus, holdout=valid or [], train_corpora=train_corpora
-                )
-            return train_corpora, valid_corpora, contrastive
-
-        # Rank 0 tokenizes and fills the cache; the others then read it.
-        if info.is_main:
-            train_corpora, valid_corpora, contrastive = load_data()
-        barrier(info)
-        if not info.is_main:
-            train_corpora, valid_corpora, contrastive = load_data()
-        retrieval = None  # only rank 0 evaluates
-        if info.is_main and valid:
-            rset = retrieval_set(gloss_files(valid))
-            if rset.queries:
-                retrieval = rset
-                logger.info(
-                    "valid retrieval: %d queries, %d candidates",
-                    len(rset.queries),
-                    len(rset.candidates),
-                )
-        seq = cfg.max_seq_length
-        train_data = build_dataset(train_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
-        valid_data = (
-            build_dataset(valid_corpora, tokenizer, seq_len=seq, packing=cfg.packing)
-            if valid_corpora
-            else None
-        )
-        logger.info(
-            "data: %d train rows of %d tokens%s",
-            len(train_data),
-            seq,
-            f", {len(valid_data)} valid rows" if valid_data else "",
-        )
+        data = prepare_data(cfg, tokenizer, corpus=corpus, valid=valid, info=info)
         trainer = Trainer(
             model_config=model_config,
             cfg=cfg,
             tokenizer=tokenizer,
-            train_data=train_data,
-            valid_data=valid_data,
+            train_data=data.train,
+            valid_data=data.valid,
             output_dir=out,
             info=info,
             provenance={
@@ -300,8 +321,8 @@ def run_training(
                 "valid": [str(p) for p in valid or []],
                 "vocab": str(vocab) if vocab else None,
             },
-            contrastive=contrastive,
-            retrieval=retrieval,
+            contrastive=data.contrastive,
+            retrieval=data.retrieval,
         )
         result = trainer.train(resume=resume, stop_after=stop_after)
         if info.is_main:

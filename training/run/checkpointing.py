@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from atomicio import atomic_write_text, fsync_path
+from model import BertForMaskedLM, load_checkpoint
 
 __all__ = [
     "CheckpointManager",
@@ -70,8 +71,6 @@ def init_weights_from(model: torch.nn.Module, directory: Path, device: torch.dev
     transformers BERT directory or a sentence-transformers one). An encoder without MLM head
     (BertModel) keeps the run's freshly initialised head, its decoder tied to the loaded word
     embeddings. ValueError when the checkpoint does not fit the model."""
-    from model import BertForMaskedLM, load_checkpoint
-
     start = load_checkpoint(directory, BertForMaskedLM, map_location=device).model
     missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
     # Heads the checkpoint lacks start fresh: the MLM head of an encoder-only checkpoint, and

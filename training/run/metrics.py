@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +157,18 @@ class RunLog:
     def tokens_per_s(self) -> float:
         return self.session_tokens / max(self.session_time, 1e-9)
 
-    def close(self, plot_to: Path | None = None) -> None:
+    def close(
+        self, plot_to: Path | None = None, plot: Callable[[Path, Path], Any] | None = None
+    ) -> None:
+        """Close the bar and the metrics; draw them into `plot_to` with `plot` (default
+        `plot_curves`, pretraining's panels) unless that is None."""
         if self.bar is not None:
             self.bar.close()
         if self.metrics is not None:
             self.metrics.close()
             if plot_to is not None:
                 try:
-                    plot_curves(self.metrics.path, plot_to)
+                    (plot or plot_curves)(self.metrics.path, plot_to)
                 except ImportError as e:  # hours of training must not end in a traceback
                     logger.warning("%s not drawn: %s", plot_to, e)
 

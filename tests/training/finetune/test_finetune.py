@@ -1,9 +1,11 @@
 """Fine-tuning (`bert-finetune`): labelled files, the loop's output in transformers, exact resume,
-the classification metrics, and `bert-eval --task classify`."""
+a stop request and the non-finite guard (the shared loop's), the classification metrics, and
+`bert-eval --task classify`."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,16 @@ import pytest
 import torch
 from train_testing import DATA, REPO, TINY_MODEL, tiny_tokenizer
 
+import model.bert
 from model import BertConfig, BertForMaskedLM
 from training.data.labelled import LabelledDataError, LabelSet, class_weights, read_labelled
 from training.evaluation.classification import classification_metrics
+from training.finetune.cli import main as finetune_main
 from training.finetune.config import FinetuneConfig, load_finetune_config
 from training.finetune.tuner import FineTuner
+from training.run.checkpointing import CheckpointManager
+from training.run.loop import NonFiniteLossError
+from training.run.metrics import read_metrics
 from training.run.options import TrainConfigError
 
 QUICK = {
@@ -120,6 +127,93 @@ def test_resume_continues_bit_for_bit(tmp_path):
     ):
         assert torch.equal(p, q), name
     assert straight.best == second.best
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_the_resume_is_exact(tmp_path, monkeypatch):
+    straight = _tuner(tmp_path, tmp_path / "a", max_steps=8, eval_every=6)
+    straight.train()
+
+    real = FineTuner.forward_backward
+
+    def forward_backward(self, *args, **kwargs):
+        if self.step == 1:  # SIGTERM in the middle of the second step
+            signal.raise_signal(signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FineTuner, "forward_backward", forward_backward)
+    handler = signal.getsignal(signal.SIGTERM)
+    stopped = _tuner(tmp_path, tmp_path / "b", max_steps=8, eval_every=6).train()
+    assert signal.getsignal(signal.SIGTERM) is handler  # the loop's handler is gone again
+    # The request is seen at the next step boundary: that step runs, is saved, the run exits.
+    assert not stopped.finished and stopped.step == 3
+    latest = CheckpointManager(tmp_path / "b", writer=False).latest()
+    assert latest is not None and latest.name == "checkpoint-000003"
+    assert not (latest / "eval.json").exists()  # saved, not evaluated: a quick exit
+
+    monkeypatch.setattr(FineTuner, "forward_backward", real)
+    resumed = _tuner(tmp_path, tmp_path / "b", max_steps=8, eval_every=6)
+    assert resumed.train(resume=True).finished and resumed.step == 8
+    for (name, p), q in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert straight.best == resumed.best
+
+
+def _nan_classify_on(monkeypatch, bad_calls):
+    """A NaN loss on the given training calls of `classify` (0-based; evaluation calls are
+    not counted)."""
+    real = model.bert.BertForMaskedLM.classify
+    calls = {"n": 0}
+
+    def classify(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if self.training:
+            if calls["n"] in bad_calls:
+                out.loss = out.loss * float("nan")
+            calls["n"] += 1
+        return out
+
+    monkeypatch.setattr(model.bert.BertForMaskedLM, "classify", classify)
+
+
+def test_non_finite_steps_are_skipped_and_too_many_in_a_row_abort(tmp_path, monkeypatch):
+    _nan_classify_on(monkeypatch, {2})  # one bad step: skipped, counted, the run goes on
+    result = _tuner(tmp_path, tmp_path / "one", max_steps=6, eval_every=3).train()
+    assert result.finished and result.step == 6
+    records = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert [r["skipped_steps"] for r in records if "train_loss" in r] == [0, 1, 1]  # the 3rd
+    best = BertForMaskedLM.from_pretrained(tmp_path / "one" / "best")
+    assert all(torch.isfinite(p).all() for p in best.parameters())
+
+    _nan_classify_on(monkeypatch, set(range(4, 100)))  # from the fifth step on: diverged
+    tuner = _tuner(
+        tmp_path, tmp_path / "many", max_steps=20, eval_every=2, max_consecutive_nonfinite=3
+    )
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
+        tuner.train()
+    # Steps 5 and 6 were skipped (checkpoint 6 holds the weights of step 4), step 7 aborted.
+    latest = CheckpointManager(tmp_path / "many", writer=False).latest()
+    assert latest.name == "checkpoint-000006"
+    assert all(
+        torch.isfinite(p).all() for p in BertForMaskedLM.from_pretrained(latest).parameters()
+    )
+
+
+def test_cli_reports_a_diverged_run_with_exit_status_3(tmp_path, monkeypatch, capsys):
+    ckpt = _pretrained(tmp_path / "pre")
+    train, valid = _labelled(tmp_path)
+    _nan_classify_on(monkeypatch, set(range(100)))
+    argv = ["--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "o")]
+    argv += ["--train", str(train), "--valid", str(valid)]
+    argv += ["--max-steps", "10", "--batch-size", "8", "--num-threads", "1", "--log-level", "ERROR"]
+    for setting in ("progress_bar=false", "tensorboard=false", "plot=false",
+                    "max_consecutive_nonfinite=2", "precision=fp32", "device=cpu"):  # fmt: skip
+        argv += ["--set", setting]
+    assert finetune_main(argv) == 3
+    err = capsys.readouterr().err
+    assert "bert-finetune: training diverged: 2 consecutive steps" in err
+    assert "finetune.lr" in err
 
 
 def test_class_weighting_changes_the_loss_and_balanced_weights_follow_the_formula():
