@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from model import POOLINGS
 from training.evaluation.classification import evaluate_checkpoint_classify, format_report
 from training.evaluation.cloze import evaluate_checkpoint_cloze
 from training.evaluation.mlm import evaluate_checkpoint_mlm
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None, help="token cache (default: the run's)")
     parser.add_argument(
         "--pooling",
-        choices=("mean", "cls"),
+        choices=POOLINGS,
         default=None,
         help="retrieval: sentence pooling (default: the checkpoint's, else mean)",
     )

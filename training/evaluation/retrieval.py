@@ -10,7 +10,8 @@ Each query (a usage example) must find its own definition among all candidates o
     ours["recall@1"] / base["recall@1"]
 
 `evaluate_checkpoint_retrieval` is `bert-eval --task retrieval`: both systems on the pairs of some
-files, side by side, for a checkpoint directory with its own pooling.
+files, side by side, for a checkpoint directory embedding as the server embeds with it
+(`CheckpointEmbedder`: the one loader's pooling, normalisation and token limit).
 
 Ties count at their expected value under random tie-breaking: a query whose target ties with
 other candidates is neither a sure hit nor a sure miss. This matters for TF-IDF, whose score row
@@ -26,11 +27,11 @@ words and which we keep).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import BertForMaskedLM
+from model import POOLINGS, BertForMaskedLM, load_checkpoint
+from model.layout import read_layout
 from tokenization import WordPieceTokenizer
 from training.data.pairs import RetrievalSet, retrieval_set
-from training.evaluation.mlm import read_training_config
 
 __all__ = [
+    "CheckpointEmbedder",
     "checkpoint_pooling",
     "embed_texts",
     "evaluate_checkpoint_retrieval",
@@ -54,7 +56,6 @@ __all__ = [
 ]
 
 _WORD = re.compile(r"\w+")
-POOLINGS = ("mean", "cls")
 
 
 def embed_texts(
@@ -63,11 +64,13 @@ def embed_texts(
     texts: Sequence[str],
     *,
     pooling: str = "mean",
+    normalize: bool = True,
     batch_size: int = 64,
     max_length: int = 128,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """L2-normalised sentence embeddings (N, H), float32 on the CPU, in the order of `texts`.
+    """Sentence embeddings (N, H), float32 on the CPU, in the order of `texts`: pooled with
+    `pooling` (one of model.POOLINGS), L2-normalised unless `normalize` is False.
 
     Texts are truncated to `max_length` tokens (and to the model's position limit), encoded once
     and batched by length so that a batch carries little padding. The model runs in eval mode
@@ -100,8 +103,10 @@ def embed_texts(
                     n = len(encodings[r].ids)
                     ids[b, :n] = torch.tensor(encodings[r].ids, dtype=torch.long)
                     mask[b, :n] = 1
-                vecs = model.embed(ids.to(device), mask.to(device), pooling=pooling)  # (B, H)
-                out[torch.tensor(rows)] = F.normalize(vecs.float(), p=2.0, dim=-1).cpu()
+                vecs = model.embed(ids.to(device), mask.to(device), pooling=pooling).float()
+                if normalize:
+                    vecs = F.normalize(vecs, p=2.0, dim=-1)  # (B, H)
+                out[torch.tensor(rows)] = vecs.cpu()
     finally:
         model.train(was_training)
     return out
@@ -206,18 +211,23 @@ def evaluate_retrieval(
     rset: RetrievalSet,
     *,
     pooling: str = "mean",
+    normalize: bool = True,
     batch_size: int = 64,
     max_length: int = 128,
     device: torch.device | str = "cpu",
     ks: Sequence[int] = (1, 10),
 ) -> dict[str, float | int | str]:
-    """Our embeddings on `rset`: cosine of the normalised query and candidate vectors, scored by
-    `retrieval_metrics`. The model's training mode is left as it was."""
+    """Our embeddings on `rset` (`embed_texts` with these settings), scored by the cosine of
+    query and candidate vectors through `retrieval_metrics`. The model's training mode is left
+    as it was."""
     if not rset.queries:
         raise ValueError("the retrieval set has no queries")
-    kw = {"pooling": pooling, "batch_size": batch_size, "max_length": max_length, "device": device}
+    kw = {"pooling": pooling, "normalize": normalize, "batch_size": batch_size}
+    kw.update(max_length=max_length, device=device)
     q = embed_texts(model, tokenizer, rset.queries, **kw)  # (Q, H)
     c = embed_texts(model, tokenizer, rset.candidates, **kw)  # (C, H)
+    if not normalize:  # unit vectors either way: the score is the cosine
+        q, c = F.normalize(q, p=2.0, dim=-1), F.normalize(c, p=2.0, dim=-1)
     metrics: dict[str, float | int | str] = dict(retrieval_metrics(q @ c.T, rset.targets, ks))
     metrics["pooling"] = pooling
     return metrics
@@ -230,18 +240,71 @@ def tfidf_retrieval(rset: RetrievalSet, ks: Sequence[int] = (1, 10)) -> dict[str
     return retrieval_metrics(tfidf_scores(rset.queries, rset.candidates), rset.targets, ks)
 
 
-def checkpoint_pooling(checkpoint: Path) -> str:
-    """The pooling a checkpoint was trained with (`pooling` in its config.json), else "mean"."""
-    try:
-        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "mean"  # loading the model reports a missing or broken config properly
-    pooling = config.get("pooling", "mean") if isinstance(config, dict) else "mean"
-    if pooling not in ("mean", "cls"):
-        raise ValueError(
-            f"{checkpoint}/config.json: pooling must be 'mean' or 'cls', got {pooling!r}"
+@dataclass
+class CheckpointEmbedder:
+    """A checkpoint directory's sentence embeddings as `bert-serve` makes them.
+
+    `load` reads the directory through the one loader (`model.load_checkpoint`: ours, a
+    transformers BERT or a sentence-transformers directory) and takes the pooling, the
+    normalisation and the token limit from its capabilities (a sentence-transformers directory's
+    1_Pooling, 2_Normalize and max_seq_length included), so `embed` gives the vectors `/embed`
+    returns with the checkpoint's defaults. `pooling` and `max_length` may override them.
+    """
+
+    model: Any
+    tokenizer: Any
+    pooling: str  # one of model.POOLINGS
+    normalize: bool
+    max_length: int  # tokens per text, [CLS] and [SEP] included
+    device: str = "cpu"
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: str | Path,
+        *,
+        pooling: str | None = None,
+        max_length: int | None = None,
+        device: str = "cpu",
+    ) -> CheckpointEmbedder:
+        loaded = load_checkpoint(
+            checkpoint,
+            BertForMaskedLM,
+            tokenizer_factory=WordPieceTokenizer.from_pretrained,
+            map_location=device,
         )
-    return pooling
+        if loaded.tokenizer is None:
+            raise ValueError(f"{checkpoint}: no tokenizer (vocab.txt or tokenizer.json)")
+        caps = loaded.capabilities
+        return cls(
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
+            pooling=pooling or caps.pooling,
+            normalize=caps.normalize,
+            max_length=max_length or caps.max_tokens,
+            device=device,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of `embed_texts` and `evaluate_retrieval` for these embeddings."""
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+            "device": self.device,
+        }
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+        """(N, H) float32: the embeddings of `texts`, as the server computes them."""
+        return embed_texts(
+            self.model, self.tokenizer, texts, batch_size=batch_size, **self.settings()
+        )
+
+
+def checkpoint_pooling(checkpoint: str | Path) -> str:
+    """The pooling a checkpoint embeds with by default, as the one loader reads it (config.json's
+    `pooling`, or a sentence-transformers directory's 1_Pooling), without loading weights."""
+    return read_layout(checkpoint).config.pooling
 
 
 def evaluate_checkpoint_retrieval(
@@ -256,8 +319,9 @@ def evaluate_checkpoint_retrieval(
     """What `bert-eval --task retrieval` prints: our retrieval metrics and TF-IDF's on the
     example -> definition pairs of `corpus`, side by side, with ratios ours / TF-IDF.
 
-    pooling=None uses the checkpoint's own (`checkpoint_pooling`). Raises ValueError when the
-    files hold no gloss with a usage example.
+    The embeddings are the server's (`CheckpointEmbedder`): the checkpoint's pooling,
+    normalisation and token limit unless `pooling` / `max_seq_length` are given. Raises
+    ValueError when the files hold no gloss with a usage example.
     """
     rset = retrieval_set(corpus)
     if not rset.queries:
@@ -265,18 +329,11 @@ def evaluate_checkpoint_retrieval(
             f"no example/definition pairs in {', '.join(map(str, corpus))}: retrieval needs "
             "WordNet-style gloss lines ('lemma, lemma: definition. Usage example.')"
         )
-    pooling = pooling or checkpoint_pooling(checkpoint)
-    model = BertForMaskedLM.from_pretrained(checkpoint, map_location=device)
-    tokenizer = WordPieceTokenizer.from_pretrained(checkpoint)
-    seq_len = max_seq_length or int(read_training_config(checkpoint).get("max_seq_length", 128))
+    embedder = CheckpointEmbedder.load(
+        checkpoint, pooling=pooling, max_length=max_seq_length, device=device
+    )
     ours = evaluate_retrieval(
-        model,
-        tokenizer,
-        rset,
-        pooling=pooling,
-        batch_size=batch_size,
-        max_length=seq_len,
-        device=device,
+        embedder.model, embedder.tokenizer, rset, batch_size=batch_size, **embedder.settings()
     )
     tfidf = tfidf_retrieval(rset)
     metric_names = [k for k in tfidf if k.startswith("recall@") or k == "mrr"]
@@ -284,8 +341,9 @@ def evaluate_checkpoint_retrieval(
         "task": "retrieval",
         "checkpoint": str(checkpoint),
         "corpus": [str(c) for c in corpus],
-        "pooling": pooling,
-        "max_seq_length": seq_len,
+        "pooling": embedder.pooling,
+        "normalize": embedder.normalize,
+        "max_seq_length": embedder.max_length,
         "queries": len(rset.queries),
         "candidates": len(rset.candidates),
         "ours": {k: ours[k] for k in metric_names},

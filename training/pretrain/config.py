@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from model import BertConfig
+from model import POOLINGS, BertConfig
 from training.run.options import RunConfig, TrainConfigError
 
 __all__ = [
@@ -67,7 +67,7 @@ class TrainConfig(RunConfig):
     contrastive_max_length: int = 64  # tokens per sentence, [CLS] and [SEP] included
     contrastive_symmetric: bool = True  # also match b -> a (CLIP-style); False = a -> b only
     temperature: float = 0.05  # SimCSE's value
-    pooling: Literal["mean", "cls"] = "mean"  # recorded in config.json for servers and evals
+    pooling: str = "mean"  # one of model.POOLINGS; recorded in config.json for servers and evals
     # Sentence pairs through BERT's NSP head (sentence_order.py): 0 = off.
     sop_weight: float = 0.0  # step loss += sop_weight * sentence-pair cross-entropy
     sentence_objective: Literal["sop", "nsp"] = "sop"  # ALBERT's order, or BERT's random next
@@ -115,6 +115,7 @@ class TrainConfig(RunConfig):
               self.contrastive_batch_size, ">= 2 (in-batch negatives need a second pair)")  # fmt: skip
         check(self.contrastive_max_length >= 3, "contrastive_max_length",
               self.contrastive_max_length, ">= 3 ([CLS], a token, [SEP])")  # fmt: skip
+        check(self.pooling in POOLINGS, "pooling", self.pooling, f"one of {list(POOLINGS)}")
         check(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
               self.temperature, "a finite number > 0")  # fmt: skip
         if self.init_from is not None:

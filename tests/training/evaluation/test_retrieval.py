@@ -2,7 +2,8 @@
 
 Metric and TF-IDF values are checked against numbers worked out by hand (and, for ties, against
 an exhaustive average over every tie-breaking order); the leak tests run on hand-made files and
-on the bundled train/valid split.
+on the bundled train/valid split. `bert-eval --task retrieval` embeds as the server does: its
+vectors equal `/embed`'s on sentence-transformers directories with cls and max pooling.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from app_testing import build_checkpoint
+from app_testing import build_checkpoint, serve_config
+from fastapi.testclient import TestClient
 
-from model import BertForMaskedLM
+from app.main import create_app
+from model import BertForMaskedLM, ModelError
 from tokenization import WordPieceTokenizer
 from training.data.pairs import (
     example_definition_pairs,
@@ -27,6 +31,7 @@ from training.data.pairs import (
 )
 from training.evaluation.cli import main
 from training.evaluation.retrieval import (
+    CheckpointEmbedder,
     checkpoint_pooling,
     embed_texts,
     evaluate_retrieval,
@@ -308,7 +313,7 @@ def test_embed_texts_truncates_to_max_length(tiny_ckpt, one_torch_thread):
     full = embed_texts(model, tok, [long_text])  # capped at the model's 64 positions, no error
     assert full.shape == (1, model.config.hidden_size)
     with pytest.raises(ValueError, match="pooling"):
-        embed_texts(model, tok, ["x"], pooling="max")
+        embed_texts(model, tok, ["x"], pooling="bogus")
 
 
 def _run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
@@ -350,11 +355,68 @@ def test_cli_retrieval_without_gloss_pairs_exits_2_naming_the_file(tiny_ckpt, tm
     assert str(prose) in err and "no example/definition pairs" in err
 
 
-def test_checkpoint_pooling_reads_config(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8, "pooling": "cls"}))
-    assert checkpoint_pooling(tmp_path) == "cls"
-    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
-    assert checkpoint_pooling(tmp_path) == "mean"
-    (tmp_path / "config.json").write_text(json.dumps({"pooling": "max"}))
-    with pytest.raises(ValueError, match="pooling"):
-        checkpoint_pooling(tmp_path)
+def test_checkpoint_pooling_is_the_one_loaders(tiny_ckpt, tmp_path):
+    assert checkpoint_pooling(tiny_ckpt) == "mean"  # config.json records none: the default
+    ckpt = build_checkpoint(tmp_path / "cls", max_positions=64)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "pooling": "max"}))
+    assert checkpoint_pooling(ckpt) == "max"
+    (ckpt / "config.json").write_text(json.dumps({**config, "pooling": "bogus"}))
+    with pytest.raises(ModelError, match="pooling"):
+        checkpoint_pooling(ckpt)
+
+
+# ------------------------------------------------------------- the server's embeddings
+
+ST_TEXTS = [
+    "a dog is an animal .",
+    "the river bank at night",
+    "an abstract concept formed by extracting common features from specific examples",
+]
+
+
+@pytest.fixture(scope="module")
+def st_models(tmp_path_factory) -> Path:
+    """sentence-transformers directories written by sentence-transformers itself (a random
+    transformers BertModel under models.Transformer, then models.Pooling, with or without
+    models.Normalize); nothing is downloaded."""
+    pytest.importorskip("sentence_transformers")
+    from hf_testing import hf_bert_dir, offline, st_dir
+
+    offline()
+    root = tmp_path_factory.mktemp("st")
+    base = hf_bert_dir(root / "base", head="BertModel", seed=7)
+    st_dir(root / "st-cls", base, pooling="cls", normalize=True)
+    st_dir(root / "st-max", base, pooling="max", normalize=False)
+    return root
+
+
+@pytest.mark.parametrize(("name", "pooling", "normalize"), [("st-cls", "cls", True),
+                                                            ("st-max", "max", False)])  # fmt: skip
+def test_bert_eval_embeds_a_sentence_transformers_directory_as_the_server_does(
+    st_models, name, pooling, normalize, one_torch_thread, capsys
+):
+    directory = st_models / name
+    embedder = CheckpointEmbedder.load(directory)  # what bert-eval --task retrieval uses
+    assert (embedder.pooling, embedder.normalize) == (pooling, normalize)
+    ours = embedder.embed(ST_TEXTS, batch_size=2).numpy()
+    with TestClient(create_app(serve_config(directory, precision="fp32"))) as client:
+        r = client.post("/embed", json={"inputs": ST_TEXTS})  # the checkpoint's defaults
+        assert r.status_code == 200, r.text
+        served = np.array(r.json())
+    np.testing.assert_allclose(ours, served, atol=1e-5, rtol=0)
+    norms = np.linalg.norm(ours, axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) is normalize  # the two cases differ indeed
+
+    gloss = directory.parent / "glosses.txt"
+    gloss.write_text(
+        "dog, domestic dog: a member of the genus Canis. The dog barked all night.\n"
+        "bank: sloping land beside a body of water. They pulled the canoe up on the bank.\n",
+        encoding="utf-8",
+    )
+    rc, out, err = _run_cli(
+        ["--task", "retrieval", "--checkpoint", str(directory), "--corpus", str(gloss)], capsys
+    )
+    assert rc == 0, err
+    assert (out["pooling"], out["normalize"]) == (pooling, normalize)
+    assert out["max_seq_length"] == embedder.max_length

@@ -218,7 +218,7 @@ def test_config_fields_are_validated_with_messages_naming_the_value():
         ({"contrastive_weight": float("nan")}, "contrastive_weight=nan"),
         ({"mlm_weight": 0}, "nothing to train"),
         ({"contrastive_data": "nli"}, "contrastive_data='nli'"),
-        ({"pooling": "max"}, "pooling='max'"),
+        ({"pooling": "median"}, r"train\.pooling='median' is invalid: must be one of \['mean'"),
         ({"temperature": 0}, r"temperature=0\.0"),
         ({"contrastive_batch_size": 1}, "contrastive_batch_size=1"),
         ({"contrastive_max_length": 2}, "contrastive_max_length=2"),
@@ -226,6 +226,8 @@ def test_config_fields_are_validated_with_messages_naming_the_value():
     ):
         with pytest.raises(TrainConfigError, match=match):
             TrainConfig.from_dict(bad)
+    # The poolings are the model's (model.POOLINGS), the ones the server and bert-eval know.
+    assert TrainConfig(pooling="max").pooling == "max"
     # Flat flags reach the train section (pooling is not a model setting there).
     _, cfg = load_run_config(
         None, [("pooling", "cls"), ("init-from", "ckpt"), ("temperature", "1e-1")]
