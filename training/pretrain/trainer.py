@@ -63,10 +63,10 @@ from training.pretrain.config import TrainConfig
 from training.pretrain.contrastive import ContrastiveData, check_objective, contrastive_loss
 from training.run.checkpointing import init_weights_from
 from training.run.distributed import DistInfo, barrier
-from training.run.loop import NonFiniteLossError, RunLoop, StepWork
-from training.run.metrics import RunLog, StepStats
+from training.run.loop import RunLoop, StepWork
+from training.run.metrics import RunLog
 
-__all__ = ["NonFiniteLossError", "StepStats", "TrainResult", "Trainer"]
+__all__ = ["TrainResult", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
