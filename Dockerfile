@@ -129,7 +129,7 @@ RUN python -m ensurepip --default-pip >/dev/null \
     && python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['optional-dependencies']['train']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/pyproject.toml \
-    && python -c "import matplotlib, tensorboard, training.cli"
+    && python -c "import matplotlib, tensorboard, training.pretrain.cli"
 # The bundled corpus, the recipes and the publish script (paths as the script expects them).
 COPY configs/ configs/
 COPY data/ data/

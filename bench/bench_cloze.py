@@ -2,7 +2,7 @@
 
     python -m bench.bench_cloze [--quick] [--checkpoint NAME=DIR ...] [--max-items N] [--seed S]
 
-Items (`training.cloze.cloze_items`): lines of data/wordnet.valid.txt and data/pydocs.valid.txt
+Items (`training.evaluation.cloze.cloze_items`): lines of data/wordnet.valid.txt and data/pydocs.valid.txt
 of 6-30 words and at most 200 characters, one word of 3+ letters masked per line, the word a
 single token of *every* compared checkpoint's vocabulary, so each system answers the very same
 items. Systems:
@@ -76,9 +76,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from model import BertForMaskedLM
     from tokenization import WordPieceTokenizer
-    from training.cloze import cloze_items, model_predictor, score_cloze, vocab_word_filter
-    from training.evaluate import evaluate_checkpoint_mlm
-    from training.ngram import NGramModel, unigram_predictor
+    from training.evaluation.cloze import (
+        cloze_items,
+        model_predictor,
+        score_cloze,
+        vocab_word_filter,
+    )
+    from training.evaluation.mlm import evaluate_checkpoint_mlm
+    from training.evaluation.ngram import NGramModel, unigram_predictor
 
     checkpoints = named_checkpoints(args.checkpoint, ap) or {"default": DEFAULT_CHECKPOINT}
     tokenizers = {n: WordPieceTokenizer.from_pretrained(d) for n, d in checkpoints.items()}

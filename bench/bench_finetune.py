@@ -62,8 +62,8 @@ def tfidf_baseline(train: Path, valid: Path) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from training.classify_eval import classification_metrics
-    from training.labelled import LabelSet, read_labelled
+    from training.data.labelled import LabelSet, read_labelled
+    from training.evaluation.classification import classification_metrics
 
     tr, va = read_labelled(train), read_labelled(valid)
     labels = LabelSet.from_examples(tr)
@@ -80,7 +80,7 @@ def tfidf_baseline(train: Path, valid: Path) -> dict[str, Any]:
 def ours(
     checkpoint: Path, train: Path, valid: Path, cfg: Any, out: Path
 ) -> tuple[dict[str, Any], Any]:
-    from training.finetune import FineTuner
+    from training.finetune.tuner import FineTuner
 
     tuner = FineTuner(
         cfg, checkpoint=checkpoint, train_file=train, valid_file=valid, output_dir=out
@@ -117,7 +117,7 @@ class _Peer:
         import transformers
 
         from tokenization import WordPieceTokenizer
-        from training.labelled import LabelSet, class_weights, read_labelled
+        from training.data.labelled import LabelSet, class_weights, read_labelled
 
         self.tf = transformers
         self.cfg = cfg
@@ -161,7 +161,7 @@ class _Peer:
         self, out: Path, max_steps: int, eval_steps: int | None, budget_s: float | None
     ) -> Any:
         tf, cfg, weights = self.tf, self.cfg, self.weights
-        from training.classify_eval import classification_metrics
+        from training.evaluation.classification import classification_metrics
 
         names = self.labels.names
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from training.finetune_config import load_finetune_config
+    from training.finetune.config import load_finetune_config
 
     budget = 1.0 if args.quick else args.budget_min
     cfg = load_finetune_config(

@@ -177,7 +177,7 @@ def ensure_vocab(runs: Path, name: str) -> Path:
 def run_lever(lever: Lever, runs: Path, budget: float) -> None:
     vocab = ensure_vocab(runs, lever.vocab) if lever.vocab else VOCAB
     out = runs / lever.name
-    cmd = [sys.executable, "-m", "training.cli", "--config", str(CONFIG)]
+    cmd = [sys.executable, "-m", "training.pretrain.cli", "--config", str(CONFIG)]
     cmd += ["--corpus", *map(str, TRAIN_FILES), "--valid", *map(str, VALID_FILES)]
     cmd += ["--vocab", str(vocab), "--output-dir", str(out), "--time-budget", str(budget)]
     cmd += ["--max-steps", "1000000", "--progress_bar", "false", "--eval_every", "250"]
@@ -198,7 +198,7 @@ def collect(lever: Lever, runs: Path) -> dict[str, Any] | None:
     valid = [r for r in rows if "valid_loss" in r]
     cloze_file = runs / f"{lever.name}.cloze.json"
     if not cloze_file.is_file():
-        cmd = [sys.executable, "-m", "training.evaluate", "--task", "cloze"]
+        cmd = [sys.executable, "-m", "training.evaluation.cli", "--task", "cloze"]
         cmd += ["--checkpoint", str(out / "final"), "--corpus", *map(str, VALID_FILES)]
         done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
         cloze_file.write_text(done.stdout)

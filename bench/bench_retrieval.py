@@ -5,9 +5,9 @@
 
 Task: every usage example of data/wordnet.valid.txt must find its own definition among the
 definitions (headwords removed) of all valid glosses that have examples: 1,965 queries, 1,330
-candidates (`training.pairs.retrieval_set`). Each system scores the full (queries x candidates)
+candidates (`training.data.pairs.retrieval_set`). Each system scores the full (queries x candidates)
 matrix; recall@1, recall@10 and MRR count ties at their expected value under random
-tie-breaking (`training.retrieval.retrieval_metrics`), which is what makes TF-IDF's all-zero
+tie-breaking (`training.evaluation.retrieval.retrieval_metrics`), which is what makes TF-IDF's all-zero
 rows (a query sharing no word with any definition) honest 1-in-1,330 guesses.
 
 * TF-IDF: lowercase word counts x smooth idf fitted on the set's own texts, cosine.
@@ -16,7 +16,7 @@ rows (a query sharing no word with any definition) honest 1-in-1,330 guesses.
   too, for reference (not with --quick). Ratios are ours / TF-IDF on the very same pairs.
 * MLM: validation masked-token accuracy of each checkpoint, exactly as `bert-eval` computes it
   (all rows of data/wordnet.valid.txt + data/pydocs.valid.txt, fixed masks, the checkpoint's
-  own sequence length and masking settings: `training.evaluate.evaluate_checkpoint_mlm`). The
+  own sequence length and masking settings: `training.evaluation.mlm.evaluate_checkpoint_mlm`). The
   acceptance check compares the default checkpoint with `--baseline` (default: the first
   `--checkpoint` given, meant to be the MLM-only model of the same budget).
 * Training cost: what each checkpoint's training_config.yaml records (`run.train_time_s`:
@@ -195,14 +195,14 @@ def joint_recipe(checkpoints: dict[str, Path]) -> tuple[dict[str, Any], dict[str
 def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, Any]:
     """Median seconds per optimizer step of BERT-tiny, MLM-only vs joint, interleaved."""
     try:
-        from training.contrastive import build_contrastive_data
-        from training.setup import build_model_config
-        from training.trainer import Trainer
+        from training.pretrain.contrastive import build_contrastive_data
+        from training.pretrain.prepare import build_model_config
+        from training.pretrain.trainer import Trainer
     except ImportError as e:
         return {"skipped": f"the trainer has no contrastive objective yet ({e})"}
     from tokenization import WordPieceTokenizer
-    from training.config import TrainConfig
-    from training.data import build_dataset, load_corpus
+    from training.data.corpus import build_dataset, load_corpus
+    from training.pretrain.config import TrainConfig
 
     train_over, model_over, source = joint_recipe(checkpoints)
     tokenizer = WordPieceTokenizer.from_pretrained(default)
@@ -286,8 +286,8 @@ def time_steps(checkpoints: dict[str, Path], default: Path, args) -> dict[str, A
 def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dict[str, Any]:
     from model import BertForMaskedLM
     from tokenization import WordPieceTokenizer
-    from training.evaluate import checkpoint_pooling, evaluate_checkpoint_mlm
-    from training.retrieval import evaluate_retrieval
+    from training.evaluation.mlm import evaluate_checkpoint_mlm
+    from training.evaluation.retrieval import checkpoint_pooling, evaluate_retrieval
 
     pooling = checkpoint_pooling(directory)
     model = BertForMaskedLM.from_pretrained(directory)
@@ -406,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = args.baseline or next(iter(extra), None)
     torch.set_num_threads(args.threads)
 
-    from training.pairs import retrieval_set
-    from training.retrieval import tfidf_retrieval
+    from training.data.pairs import retrieval_set
+    from training.evaluation.retrieval import tfidf_retrieval
 
     t_start = time.perf_counter()
     rset = retrieval_set([RETRIEVAL_FILE])

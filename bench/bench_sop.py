@@ -60,7 +60,13 @@ def side_by_side(commands: list[list[str]]) -> None:
 
 
 def pretrain_command(name: str, sop_weight: float, base: Path, minutes: float, out: Path) -> list:
-    cmd = [sys.executable, "-m", "training.cli", "--config", str(ROOT / "configs/bert_tiny.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.pretrain.cli",
+        "--config",
+        str(ROOT / "configs/bert_tiny.yaml"),
+    ]
     cmd += ["--corpus", *map(str, TRAIN_FILES), "--valid", *map(str, VALID_FILES)]
     cmd += ["--output-dir", str(out / name), "--time-budget", str(minutes)]
     cmd += ["--init_from", str(base), "--lr", "1e-3", "--warmup_fraction", "0.06"]
@@ -69,7 +75,7 @@ def pretrain_command(name: str, sop_weight: float, base: Path, minutes: float, o
 
 
 def finetune_command(checkpoint: Path, train: Path, valid: Path, minutes: float, out: Path) -> list:
-    cmd = [sys.executable, "-m", "training.finetune_cli", "--checkpoint", str(checkpoint)]
+    cmd = [sys.executable, "-m", "training.finetune.cli", "--checkpoint", str(checkpoint)]
     cmd += ["--train", str(train), "--valid", str(valid), "--output-dir", str(out)]
     cmd += ["--config", str(ROOT / "configs/finetune_supersense.yaml")]
     cmd += ["--time-budget", str(minutes), "--num-threads", "1", "--log-level", "WARNING"]
@@ -81,8 +87,8 @@ def sop_accuracy(checkpoint: Path, rows: int = 512) -> float:
     """Sentence-order accuracy of the NSP head on valid packed rows (half of them swapped)."""
     from model import BertForMaskedLM
     from tokenization import WordPieceTokenizer
-    from training.data import PackedDataset, load_corpus
-    from training.sentence_order import make_pairs
+    from training.data.corpus import PackedDataset, load_corpus
+    from training.pretrain.sentence_order import make_pairs
 
     model = BertForMaskedLM.from_pretrained(checkpoint, nsp_head=True).eval()
     tok = WordPieceTokenizer.from_pretrained(checkpoint)
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sop-weight", type=float, default=1.0)
     args = ap.parse_args(argv)
     setup_logging()
-    from training.evaluate import evaluate_checkpoint_retrieval
+    from training.evaluation.retrieval import evaluate_checkpoint_retrieval
 
     pre_min = 1.0 if args.quick else args.pretrain_min
     ft_min = 1.0 if args.quick else args.finetune_min

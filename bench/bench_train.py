@@ -17,7 +17,7 @@ same micro-batch and accumulation, same process and thread count, fp32 both (bf1
   `torchrun --nproc_per_node=2` with one thread per process (a subprocess, not interleaved).
 * Quality per budget: both systems train from their own BERT init for the same wall-clock
   budget each, in interleaved slices of a few seconds of their own time; then validation MLM
-  loss / masked-token accuracy on the same rows with the same fixed masks (training.evaluate).
+  loss / masked-token accuracy on the same rows with the same fixed masks (training.evaluation.mlm).
   Ours lays warmup + cosine decay over the budget (time-budget mode); the reference warms up
   over the same share of the budget and then keeps the peak LR constant, since a plain loop
   does not know when the budget ends. Same peak LR, betas, eps, weight decay, clipping.
@@ -67,9 +67,9 @@ log = logging.getLogger(__name__)
 def prepare(args: argparse.Namespace) -> SimpleNamespace:
     """Tokenizer (cached), packed train/valid rows, the model config and our TrainConfig."""
     from tokenization import WordPieceTokenizer
-    from training.config import load_run_config
-    from training.data import build_dataset, load_corpus
-    from training.setup import build_model_config
+    from training.data.corpus import build_dataset, load_corpus
+    from training.pretrain.config import load_run_config
+    from training.pretrain.prepare import build_model_config
 
     overrides = [(k, v) for k, v in (args.set or [])]
     overrides += [("train.progress_bar", "false"), ("train.tensorboard", "false")]
@@ -106,7 +106,7 @@ class Ours:
     name = "ours"
 
     def __init__(self, env: SimpleNamespace, workdir: Path, budget_s: float | None) -> None:
-        from training.trainer import Trainer
+        from training.pretrain.trainer import Trainer
 
         cfg = dataclasses.replace(
             env.cfg,
@@ -139,7 +139,7 @@ class Ours:
 
 
 class _HFAdapter(torch.nn.Module):
-    """Lets training.evaluate call a transformers model: logits at the masked rows only."""
+    """Lets training.evaluation.mlm call a transformers model: logits at the masked rows only."""
 
     def __init__(self, hf: torch.nn.Module) -> None:
         super().__init__()
@@ -188,7 +188,7 @@ class HFLoop:
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
         )
-        from training.data import RowOrder
+        from training.data.corpus import RowOrder
 
         self.order = RowOrder(len(env.train), cfg.seed)  # the same rows as ours, same order
         self.special = np.zeros(env.tok.vocab_size, dtype=bool)
@@ -255,7 +255,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
     """Our trainer under torchrun, 2 processes x 1 thread: tokens/s after the first window."""
     out = workdir / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "training.cli", "--config", str(args.config), "--output-dir", str(out)]
+    cmd += ["-m", "training.pretrain.cli", "--config", str(args.config), "--output-dir", str(out)]
     cmd += ["--corpus", *[str(f) for f in TRAIN_FILES], "--max-steps", str(steps + 2)]
     cmd += ["--vocab", str(args.env.tok_dir), "--cache_dir", str(CACHE), "--log_every", "2"]
     cmd += ["--save_every", "0", "--eval_every", "0", "--precision", "fp32", "--plot", "false"]
@@ -275,7 +275,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
             cmd += [f"--{k}", v]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    from training.metrics import read_metrics
+    from training.run.metrics import read_metrics
 
     records = [r for r in read_metrics(out / "metrics.jsonl") if "tokens_per_s" in r][1:]
     return float(np.mean([r["tokens_per_s"] for r in records]))
@@ -284,7 +284,7 @@ def throughput_ddp(args: argparse.Namespace, steps: int, workdir: Path) -> float
 def quality(
     env: SimpleNamespace, budget_s: float, slice_s: float, eval_rows: int, workdir: Path
 ) -> dict[str, Any]:
-    from training.evaluate import evaluate_mlm
+    from training.evaluation.mlm import evaluate_mlm
 
     ours, hf = Ours(env, workdir / "q", budget_s), HFLoop(env, budget_s)
     t_start = time.perf_counter()

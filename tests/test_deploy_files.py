@@ -13,8 +13,8 @@ import yaml
 
 from app.cli import build_parser
 from app.config import ServeConfig
-from training.cli import build_parser as train_parser
-from training.config import TrainConfig
+from training.pretrain.cli import build_parser as train_parser
+from training.pretrain.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,9 +26,9 @@ from packaging.version import Version
 
 from app.cli import build_parser as serve_parser
 from app.config import ENV_PREFIX, ServeConfig
-from training.cli import build_parser as train_parser
-from training.cli import split_overrides
-from training.config import TrainConfig
+from training.pretrain.cli import build_parser as train_parser
+from training.pretrain.cli import split_overrides
+from training.pretrain.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -404,7 +404,7 @@ def _job_command() -> tuple[dict[str, str], list[str], str]:
     words = shlex.split(line)
     module = words.index("-m")
     options = dict(w.split("=", 1) for w in words[1:module])
-    assert words[module + 1] == "training.cli"
+    assert words[module + 1] == "training.pretrain.cli"
     train_args = words[module + 2 :]
     at = train_args.index("$@")
     return options, train_args[:at] + trainer["args"] + train_args[at + 1 :], script

@@ -110,7 +110,7 @@ def cli_args(tmp: Path, out: Path, *extra: str, valid: bool = True) -> list[str]
 def run_ddp(tmp: Path, out: Path, *extra: str, nproc: int = 2) -> None:
     """Run ``bert-train`` under torchrun with ``nproc`` CPU processes (gloo) into ``out``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={nproc}", "-m", "training.cli", *cli_args(tmp, out, *extra)]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "training.pretrain.cli", *cli_args(tmp, out, *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

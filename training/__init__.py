@@ -1,30 +1,19 @@
-"""MLM pretraining of `model.BertForMaskedLM` with our WordPiece tokenizer.
+"""Training: MLM pretraining, fine-tuning text classifiers, and the evaluations of both.
 
-Modules, in the order a run uses them:
-    config.py         TrainConfig and the YAML + `--key value` loader
-    data.py           corpus files -> cached token ids -> packed rows; resumable row order
-    masking.py        dynamic 80/10/10 masking (optionally whole-word)
-    pairs.py          (example, definition) pairs of WordNet glosses, leak-free of a holdout
-    contrastive.py    InfoNCE over pooled embeddings: gloss pairs and/or SimCSE, their batches
-    schedule.py       warmup + cosine or linear LR over steps or over a wall-clock budget
-    distributed.py    DDP from torchrun's environment, barriers, precision (fp32/bf16/fp16)
-    setup.py          tokenizer, model config, data, then the loop: `run_training`
-    trainer.py        the loop (AMP, accumulation, clipping, DDP, non-finite guard)
-    checkpointing.py  atomic checkpoint directories, `latest`/`best` pointers, rotation
-    evaluate.py       validation loss / accuracy / perplexity, and `bert-eval` (also cloze, retrieval)
-    cloze.py          whole-word fill-in-the-blank items and scores (what /fill-mask users see)
-    ngram.py          count-based cloze baselines (unigram, two-sided trigram)
-    retrieval.py      example -> definition retrieval metrics, TF-IDF baseline
-    metrics.py        metrics.jsonl, TensorBoard, curves.png
-    cli.py            `bert-train`
+Five wings, each a folder whose `__init__.py` maps its modules; a wing imports only the wings
+listed above it, and pretrain/ and finetune/ never each other (tests/training/test_layout.py
+keeps the maps true and the order kept):
 
-Each checkpoint directory is servable as is (model.save_pretrained + tokenizer.save_pretrained)
-and also holds training_state.pt and training_config.yaml for exact resume and provenance.
+    data/         files -> examples: corpora and their token cache, gloss pairs, labelled
+                  files, masking
+    run/          what every run shares: settings, the loop, checkpoints, LR schedule, metrics,
+                  processes
+    evaluation/   MLM, cloze and retrieval metrics with their baselines, classification; `bert-eval`
+    pretrain/     MLM (+ contrastive, sentence order) pretraining: set-up, trainer, `bert-train`
+    finetune/     a checkpoint fine-tuned as a text classifier: `bert-finetune`
 
-Deliberately not here: NSP, fine-tuning heads, and anything the server needs at run time
-(`app/` never imports this package; it reads the pooling a run recorded in config.json).
+Every checkpoint directory a run writes is servable as is (model.save_pretrained +
+tokenizer.save_pretrained) and also holds its training state and recipe for exact resume and
+provenance. Deliberately not here: anything the server needs at run time (`app/` never imports
+this package; it reads what a run recorded in config.json through `model.load_checkpoint`).
 """
-
-from training.config import TrainConfig, TrainConfigError, load_run_config
-
-__all__ = ["TrainConfig", "TrainConfigError", "load_run_config"]

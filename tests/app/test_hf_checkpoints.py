@@ -364,7 +364,7 @@ def test_init_from_continues_pretraining_a_sentence_transformers_model(models, t
     from train_testing import TINY_TRAIN, write_corpus
 
     from model import BertForMaskedLM, load_checkpoint
-    from training.cli import main as train_main
+    from training.pretrain.cli import main as train_main
 
     config = tmp_path / "init.yaml"
     config.write_text(yaml.safe_dump({"model": {}, "train": {**TINY_TRAIN, "lr": 1e-9}}))

@@ -28,8 +28,8 @@ is what a kill -9 or an OOM kill does. The points, drawn from a seeded RNG:
   new one not yet in place).
 
 The default suite runs one quick trial; the ten trials are `@pytest.mark.long`. Deliberately not
-here: kills under DDP (tests/training/test_train_ddp.py covers resume there) and disk-full faults
-(tests/training/test_train_checkpointing.py injects a failing writer).
+here: kills under DDP (tests/training/pretrain/test_ddp.py covers resume there) and disk-full faults
+(tests/training/run/test_checkpointing.py injects a failing writer).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ import torch
 from safetensors.torch import load_file
 from train_testing import REPO, cli_args
 
-from training.checkpointing import CheckpointManager
-from training.cli import main as train_main
-from training.metrics import read_metrics
+from training.pretrain.cli import main as train_main
+from training.run.checkpointing import CheckpointManager
+from training.run.metrics import read_metrics
 
 MAX_STEPS, SAVE_EVERY, SEED = 20, 4, 20260117
 RUN = ("--max-steps", str(MAX_STEPS), "--save-every", str(SAVE_EVERY))
@@ -148,7 +148,7 @@ LAUNCHER = textwrap.dedent(
     else:
         raise SystemExit(f"unknown KILL_POINT {kind!r}")
 
-    from training import cli
+    from training.pretrain import cli
 
     code = cli.main(sys.argv[1:])
     if kind == "count":
@@ -357,7 +357,7 @@ def test_one_kill_while_moving_latest_resumes_from_the_previous_checkpoint(
     run_launcher(args, f"latest:{ckpt(8)}", work / "quick-killed.log")
     assert committed(out) == (ckpt(4), 4)
     assert (out / ckpt(8)).is_dir()  # complete on disk, but never committed: not used
-    with caplog.at_level(logging.INFO, logger="training.trainer"):
+    with caplog.at_level(logging.INFO, logger="training.run.loop"):
         assert train_main([*args, "--resume"]) == 0
     resumed = [m.groups() for r in caplog.records if (m := RESUMED.search(r.getMessage()))]
     assert resumed == [(str(out / ckpt(4)), "4")]

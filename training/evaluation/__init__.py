@@ -1,0 +1,11 @@
+"""How good a model is: the metrics the loops call, and `bert-eval`'s tasks on checkpoints.
+
+    classification.py  accuracy, macro-F1, per-class table, confusion matrix of a classifier
+    cloze.py           whole-word fill-in-the-blank items and scores (what /fill-mask users see)
+    mlm.py             validation loss / accuracy / perplexity with fixed masks
+    ngram.py           count-based cloze baselines (unigram, two-sided trigram)
+    retrieval.py       example -> definition retrieval metrics of embeddings, TF-IDF baseline
+    cli.py             `bert-eval`: a table of task runners over the modules above
+
+Deliberately not here: training of any kind, and downstream (GLUE-style) suites.
+"""
