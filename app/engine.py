@@ -169,19 +169,29 @@ class Engine:
         truncate: bool,
         strategy: str = "longest_first",
         index: int = 0,
+        max_second: int | None = None,
     ) -> Encoded:
         """Tokenize a sentence pair as ``[CLS] first [SEP] second [SEP]`` with token type ids.
 
         Over the token limit it is refused, or with ``truncate`` cut by ``strategy`` (the
         tokenizer's: ``longest_first``, ``only_first``, ``only_second``); an ``only_*`` cut that
         cannot fit (the other text alone is too long) falls back to ``longest_first``.
+        ``max_second`` first cuts the second text to that many tokens (Cohere's
+        ``max_tokens_per_doc``), whatever ``truncate`` says.
         """
         tok, limit = self.tokenizer, self.max_input_tokens
         enc = tok.encode(first, second)
         n_first = enc.type_ids.count(0) - 2
-        if n_first < 1 or len(enc.ids) - n_first - 3 < 1:
+        n_second = len(enc.ids) - n_first - 3
+        if n_first < 1 or n_second < 1:
             side = "first" if n_first < 1 else "second"
             raise InputValidationError(f"inputs[{index}]: the {side} text has no tokens")
+        if max_second is not None and n_second > max_second:
+            cut = tok.encode(
+                first, second, max_length=n_first + 3 + max_second, truncation="only_second"
+            )
+            if len(cut.ids) <= limit:
+                return Encoded(list(cut.ids), list(cut.offsets), [], True, list(cut.type_ids))
         if len(enc.ids) > limit:
             if not truncate:
                 raise InputValidationError(
@@ -205,17 +215,27 @@ class Engine:
         )
 
     def encode_pairs(
-        self, pairs: list[tuple[str, str]], *, truncate: bool, strategy: str = "longest_first"
+        self,
+        pairs: list[tuple[str, str]],
+        *,
+        truncate: bool,
+        strategy: str = "longest_first",
+        max_second: int | None = None,
     ) -> list[Encoded]:
         return [
-            self.encode_pair(a, b, truncate=truncate, strategy=strategy, index=i)
+            self.encode_pair(
+                a, b, truncate=truncate, strategy=strategy, index=i, max_second=max_second
+            )
             for i, (a, b) in enumerate(pairs)
         ]
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
-        """Token ids back to text (``/decode``); an id outside the vocabulary is a 422."""
+        """Token ids back to text (``/decode``) as transformers' fast tokenizer (and TEI)
+        decode them; an id outside the vocabulary is a 422."""
         try:
-            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+            return self.tokenizer.decode(
+                ids, skip_special_tokens=skip_special_tokens, wordpiece_cleanup=True
+            )
         except (TypeError, ValueError) as e:
             raise InputValidationError(str(e)) from None
 

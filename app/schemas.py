@@ -245,6 +245,19 @@ class CohereRerankRequest(_Request):
     )
 
 
+class CohereV2RerankRequest(_Request):
+    """Cohere's v2 rerank request (``POST /v2/rerank``, what ``cohere.ClientV2`` sends)."""
+
+    model: str | None = Field(default=None, max_length=256, description="Accepted and ignored.")
+    query: str = Field(min_length=1)
+    documents: Annotated[list[str | DocumentText], Field(min_length=1, max_length=_MAX_LIST)]
+    top_n: int | None = Field(default=None, ge=1, description="Only the n best (default: all).")
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=1, description="Cut each document to this many tokens first."
+    )
+    priority: int | None = Field(default=None, description="Accepted and ignored.")
+
+
 class CohereRerankResult(BaseModel):
     index: int
     relevance_score: float

@@ -450,6 +450,7 @@ class ServeState:
         truncate: bool,
         direction: str,
         strategy: str,
+        max_second: int | None = None,
     ) -> tuple[Engine, list[Encoded]]:
         """The serving engine (400 without a classifier) and the inputs tokenized, pairs too."""
         pairs = [p for p in inputs if isinstance(p, tuple)]
@@ -469,6 +470,7 @@ class ServeState:
                 pairs,
                 truncate=truncate,
                 strategy=strategy,
+                max_second=max_second,
                 chars=_chars(texts),
             )
         return engine, await self.tokenize_with(
@@ -482,6 +484,7 @@ class ServeState:
         *,
         raw_scores: bool = False,
         truncate: bool = True,
+        max_document_tokens: int | None = None,
         disconnected: Disconnect | None = None,
     ) -> tuple[Engine, list[tuple[int, float]]]:
         """(engine, (document index, relevance score) best first) from a cross-encoder.
@@ -489,7 +492,8 @@ class ServeState:
         The model must be a one-label classifier (a reranker; else 400). Scores are what
         sentence-transformers' ``CrossEncoder.predict`` gives (the directory's activation,
         sigmoid by default), or the logits with ``raw_scores``. A pair over the token limit is
-        cut on the document's side, or refused without ``truncate``.
+        cut on the document's side, or refused without ``truncate``; ``max_document_tokens``
+        cuts every document to that many tokens first.
         """
         if not documents:
             raise InputValidationError("texts is empty")
@@ -501,7 +505,7 @@ class ServeState:
                 f"classifier with one label); it serves {_serves(engine)}"
             )
         engine, encoded = await self._classify_inputs(
-            [(query, d) for d in documents], truncate, "right", "only_second"
+            [(query, d) for d in documents], truncate, "right", "only_second", max_document_tokens
         )
         function = "none" if raw_scores else score_function(caps.score_activation or "sigmoid")
         scores = await self._compute(

@@ -533,10 +533,15 @@ class WordPieceTokenizer:
         ids: Iterable[int],
         skip_special_tokens: bool = False,
         clean_up_tokenization_spaces: bool = False,
+        wordpiece_cleanup: bool = False,
     ) -> str:
         """Ids back to text: pieces joined by spaces, ``##`` continuations glued to their word.
 
         ``decode(encode("Héllo, World!").ids, skip_special_tokens=True)`` -> ``"hello , world !"``.
+        ``wordpiece_cleanup`` is what the Rust tokenizers' WordPiece decoder does (transformers'
+        fast tokenizers, text-embeddings-inference): each token's leading space plus one of its
+        patterns (``" ."``, ``" ,"``, ...) is cleaned token by token -> ``"hello, world!"``.
+        ``clean_up_tokenization_spaces`` is transformers' Python clean-up of the joined text.
         """
         itos = self._itos
         tokens = []
@@ -548,6 +553,13 @@ class WordPieceTokenizer:
             if skip_special_tokens and i in self.special_ids:
                 continue
             tokens.append(itos[i])
+        if wordpiece_cleanup:
+            # The first token keeps a "##" it starts with, as the Rust decoder does.
+            pieces = [
+                t if n == 0 else t[2:] if t.startswith("##") else " " + t
+                for n, t in enumerate(tokens)
+            ]
+            return "".join(_wordpiece_cleanup(p) for p in pieces)
         text = " ".join(tokens).replace(" ##", "")
         if text.startswith(PREFIX):
             text = text[len(PREFIX) :]
@@ -571,6 +583,29 @@ class WordPieceTokenizer:
         return normalized_text(
             text, self.lowercase, self.strip_accents, self.tokenize_chinese_chars
         )
+
+
+# The Rust WordPiece decoder's clean-up, applied to each token with its leading space.
+_WORDPIECE_CLEANUP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" do not", " don't"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def _wordpiece_cleanup(piece: str) -> str:
+    """One decoded token (``" ."``) as the Rust WordPiece decoder cleans it (``"."``)."""
+    for dirty, clean in _WORDPIECE_CLEANUP:
+        piece = piece.replace(dirty, clean)
+    return piece
 
 
 def _resolve(spans: list[tuple[int, _Chunk | None]]) -> list[tuple[int, int]]:

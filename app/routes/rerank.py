@@ -1,5 +1,5 @@
-"""Reranking routes for cross-encoders: ``POST /rerank`` (text-embeddings-inference's shape) and
-``POST /v1/rerank`` (Cohere's and Jina's).
+"""Reranking routes for cross-encoders: ``POST /rerank`` (text-embeddings-inference's shape),
+``POST /v1/rerank`` (Cohere's v1 and Jina's) and ``POST /v2/rerank`` (Cohere's v2).
 
 Both score every (query, document) pair with the serving model, a one-label classifier (an HF
 ``...ForSequenceClassification`` with ``num_labels: 1`` or a sentence-transformers CrossEncoder
@@ -18,7 +18,14 @@ from fastapi.responses import JSONResponse
 
 from app.routes.common import INFERENCE_ERRORS, error_responses, model_headers
 from app.routes.deps import get_state, wait_for_disconnect
-from app.schemas import CohereRerankRequest, CohereRerankResponse, RerankRequest, RerankResult
+from app.schemas import (
+    CohereRerankRequest,
+    CohereRerankResponse,
+    CohereV2RerankRequest,
+    DocumentText,
+    RerankRequest,
+    RerankResult,
+)
 from app.service import ServeState
 
 router = APIRouter(tags=["rerank"])
@@ -58,16 +65,48 @@ async def rerank(
 async def cohere_rerank(
     body: CohereRerankRequest, request: Request, state: ServeState = Depends(get_state)
 ) -> JSONResponse:
-    """Cohere's / Jina's rerank: ``results`` best first with ``relevance_score`` (the
+    """Cohere's (v1) / Jina's rerank: ``results`` best first with ``relevance_score`` (the
     cross-encoder's activated score), the ``top_n`` best, documents echoed on request."""
-    texts = [d if isinstance(d, str) else d.text for d in body.documents]
+    return await _cohere(
+        state, request, body.query, body.documents, body.top_n, None, body.return_documents
+    )
+
+
+@router.post(
+    "/v2/rerank",
+    response_model=CohereRerankResponse,
+    responses={**INFERENCE_ERRORS, **error_responses(400)},
+)
+async def cohere_v2_rerank(
+    body: CohereV2RerankRequest, request: Request, state: ServeState = Depends(get_state)
+) -> JSONResponse:
+    """Cohere's v2 rerank: as /v1/rerank, documents never echoed, each cut to
+    ``max_tokens_per_doc`` tokens first."""
+    return await _cohere(
+        state, request, body.query, body.documents, body.top_n, body.max_tokens_per_doc, False
+    )
+
+
+async def _cohere(
+    state: ServeState,
+    request: Request,
+    query: str,
+    documents: list[str | DocumentText],
+    top_n: int | None,
+    max_tokens_per_doc: int | None,
+    return_documents: bool,
+) -> JSONResponse:
+    texts = [d if isinstance(d, str) else d.text for d in documents]
     engine, ranked = await state.rerank(
-        body.query, texts, disconnected=lambda: wait_for_disconnect(request)
+        query,
+        texts,
+        max_document_tokens=max_tokens_per_doc,
+        disconnected=lambda: wait_for_disconnect(request),
     )
     results = []
-    for index, score in ranked[: body.top_n]:
+    for index, score in ranked[:top_n]:
         result: dict = {"index": index, "relevance_score": score}
-        if body.return_documents:
+        if return_documents:
             result["document"] = {"text": texts[index]}
         results.append(result)
     return JSONResponse(

@@ -149,3 +149,47 @@ def test_text_classification_client_against_a_classifier(clients, tmp_path):
             hub.fill_mask("a [MASK] film")
         assert refused.value.response.status_code == 400
         assert "no masked-language-model head" in refused.value.response.json()["error"]
+
+
+def test_cohere_rerank_and_openai_dimensions_with_an_api_key(clients, tmp_path):
+    """cohere's SDK (v1 and v2 clients) reranks against /v1/rerank and /v2/rerank, openai's
+    embeddings.create(dimensions=...) cuts vectors, both sending the server's API key."""
+    cohere = pytest.importorskip("cohere")
+    key = "client-key-0123456789abcdef"
+    reranker = build_checkpoint(tmp_path / "rr", seed=7, labels=("score",))  # one label
+    docs = ["a small dog", "a python function", "a little puppy", "the sea"]
+    with live_server(create_app(serve_config(reranker, api_key=key, precision="fp32"))) as url:
+        _, _, http = clients(url)
+        auth = {"Authorization": f"Bearer {key}"}
+        expected = http.post("/rerank", json={"query": "dog", "texts": docs}, headers=auth).json()
+        order = [x["index"] for x in expected]
+        scores = {x["index"]: x["score"] for x in expected}
+        v1 = cohere.Client(api_key=key, base_url=url, timeout=30)
+        got = v1.rerank(query="dog", documents=docs, top_n=3, return_documents=True)
+        assert [r.index for r in got.results] == order[:3]
+        for r in got.results:
+            assert r.relevance_score == pytest.approx(scores[r.index], abs=1e-6)
+            assert r.document.text == docs[r.index]
+        v2 = cohere.ClientV2(api_key=key, base_url=url, timeout=30)
+        got = v2.rerank(model="bertserve", query="dog", documents=docs)
+        assert [r.index for r in got.results] == order
+        with pytest.raises(cohere.core.ApiError) as refused:
+            cohere.Client(api_key="wrong-key-0123456789", base_url=url).rerank(
+                query="dog", documents=docs
+            )
+        assert refused.value.status_code == 401
+    encoder = build_checkpoint(tmp_path / "enc", seed=8)
+    with live_server(create_app(serve_config(encoder, api_key=key, precision="fp32"))) as url:
+        _, _, http = clients(url)
+        oai = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
+        full = np.array(oai.embeddings.create(input=SENTENCES, model="m").data[0].embedding)
+        cut = np.array(
+            oai.embeddings.create(input=SENTENCES, model="m", dimensions=8).data[0].embedding
+        )
+        np.testing.assert_allclose(cut, full[:8] / np.linalg.norm(full[:8]), atol=1e-6)
+        with pytest.raises(openai.BadRequestError):
+            oai.embeddings.create(input=SENTENCES, model="m", dimensions=999)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).embeddings.create(
+                input="x", model="m"
+            )

@@ -1,6 +1,6 @@
 """Hot-swap: checkpoint name resolution, refusal of bad checkpoints, watch mode, and swaps under
 concurrent load with zero failed requests, between two MLM models and between an MLM model and a
-text classifier (admin auth: tests/reliability/test_admin_auth.py)."""
+text classifier or a reranker (admin auth: tests/reliability/test_admin_auth.py)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ PROBE = "an entity that has [MASK] existence ."
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """models/{a,b,clf,bad,nan,pickled,link-to-b}, plus a valid checkpoint outside the root."""
+    """models/{a,b,clf,rr,bad,nan,pickled,link-to-b}, plus a valid checkpoint outside the root."""
     base = tmp_path_factory.mktemp("reload")
     models = base / "models"
     a = build_checkpoint(models / "a", seed=1)
     build_checkpoint(models / "b", seed=2)
     build_checkpoint(models / "clf", seed=4, labels=("neg", "pos", "neutral"))
+    build_checkpoint(models / "rr", seed=5, labels=("score",))  # one label: a reranker
     bad = models / "bad"
     shutil.copytree(a, bad)
     data = (bad / "model.safetensors").read_bytes()
@@ -172,21 +173,11 @@ def test_hot_swap_under_concurrent_load(root, expected):
             assert token == expected[version], version  # the header names the computing model
 
 
-def test_classifier_hot_swaps_in_and_out_under_load(root):
-    """Clients hammer /predict, /fill-mask and /embed while the server swaps a -> clf -> a: no 5xx
-    and no connection error. /predict answers 200 (the classifier's answer) while the
-    classifier serves and 400 Unsupported while the MLM model does; /fill-mask the other way
-    round; /embed always. Each phase lasts until the model it swapped in has answered its route."""
-    models, _ = root
-    clf = load_engine(models / "clf", max_input_tokens=64)
-    job = ClassifyJob(inputs=clf.encode_many([PROBE], truncate=False))
-    logits = clf.run_batch([job])[0][0]
-    best = clf.capabilities.labels[logits.index(max(logits))]  # the classifier's answer to PROBE
-    routes = [
-        ("/predict", {"inputs": [PROBE, "a general concept"]}),
-        ("/fill-mask", {"inputs": PROBE, "top_k": 1}),
-        ("/embed", {"inputs": ["a general concept", PROBE]}),
-    ]
+def _swap_under_load(root, routes, phases):
+    """Six clients cycle through ``routes`` ((path, body)) while the server swaps to each model
+    of ``phases`` in turn (name -> the (path, status) answers that prove it serves; a phase
+    lasts until the new model has given each of them). Every answer must be 200 or 400 (no 5xx,
+    no connection error). Returns (the first version, [(path, status, version, body)])."""
     with TestClient(create_app(_config(root, max_wait_ms=1))) as client:
         v_a = _version(client)
         stop = threading.Event()
@@ -209,11 +200,6 @@ def test_classifier_hot_swaps_in_and_out_under_load(root):
         def count(path: str, status: int, version: str) -> int:
             return sum(1 for p, s, v, _ in seen if (p, s, v) == (path, status, version))
 
-        # Per swap, the answers that prove the new model serves: (path, status) pairs.
-        phases = {
-            "clf": [("/predict", 200)],
-            "a": [("/fill-mask", 200), ("/predict", 400)],
-        }
         with ThreadPoolExecutor(6) as pool:
             workers = [pool.submit(hammer, i) for i in range(6)]
             for name, proofs in phases.items():
@@ -232,17 +218,66 @@ def test_classifier_hot_swaps_in_and_out_under_load(root):
             for w in workers:
                 w.result()
         assert not failures, failures[:5]
-        v_clf = clf.version
-        for path, status, version, body in seen:
-            if status == 200 and path == "/predict":  # only the classifier classifies
-                assert version == v_clf and body[0][0]["label"] == best
-            elif status == 200 and path == "/fill-mask":
-                assert version == v_a == body["model"]
-            elif status == 400:  # the refusal names the model that refused
-                assert body["error_type"] == "Unsupported", body
-                refuser = v_a if path == "/predict" else v_clf
-                assert path != "/embed" and refuser in body["error"], (path, body)
-        assert any(p == "/embed" and s == 200 for p, s, _, _ in seen)
+    return v_a, seen
+
+
+def test_classifier_hot_swaps_in_and_out_under_load(root):
+    """Clients hammer /predict, /fill-mask and /embed while the server swaps a -> clf -> a: no 5xx
+    and no connection error. /predict answers 200 (the classifier's answer) while the
+    classifier serves and 400 Unsupported while the MLM model does; /fill-mask the other way
+    round; /embed always. Each phase lasts until the model it swapped in has answered its route."""
+    models, _ = root
+    clf = load_engine(models / "clf", max_input_tokens=64)
+    job = ClassifyJob(inputs=clf.encode_many([PROBE], truncate=False))
+    logits = clf.run_batch([job])[0][0]
+    best = clf.capabilities.labels[logits.index(max(logits))]  # the classifier's answer to PROBE
+    routes = [
+        ("/predict", {"inputs": [PROBE, "a general concept"]}),
+        ("/fill-mask", {"inputs": PROBE, "top_k": 1}),
+        ("/embed", {"inputs": ["a general concept", PROBE]}),
+    ]
+    phases = {"clf": [("/predict", 200)], "a": [("/fill-mask", 200), ("/predict", 400)]}
+    v_a, seen = _swap_under_load(root, routes, phases)
+    v_clf = clf.version
+    for path, status, version, body in seen:
+        if status == 200 and path == "/predict":  # only the classifier classifies
+            assert version == v_clf and body[0][0]["label"] == best
+        elif status == 200 and path == "/fill-mask":
+            assert version == v_a == body["model"]
+        elif status == 400:  # the refusal names the model that refused
+            assert body["error_type"] == "Unsupported", body
+            refuser = v_a if path == "/predict" else v_clf
+            assert path != "/embed" and refuser in body["error"], (path, body)
+    assert any(p == "/embed" and s == 200 for p, s, _, _ in seen)
+
+
+def test_reranker_hot_swaps_in_and_out_under_load(root):
+    """The same with a cross-encoder: /rerank and /v1/rerank answer while the reranker serves
+    (its scores), /embed_sparse while the MLM model does; each refuses (400) on the other."""
+    models, _ = root
+    rr = load_engine(models / "rr", max_input_tokens=64)
+    job = ClassifyJob(
+        inputs=rr.encode_pairs([("a query", PROBE)], truncate=False), function="sigmoid"
+    )
+    score = rr.run_batch([job])[0][0][0]
+    routes = [
+        ("/rerank", {"query": "a query", "texts": [PROBE]}),
+        ("/v1/rerank", {"query": "a query", "documents": [PROBE]}),
+        ("/embed_sparse", {"inputs": PROBE}),
+    ]
+    phases = {"rr": [("/rerank", 200), ("/embed_sparse", 400)], "a": [("/embed_sparse", 200)]}
+    v_a, seen = _swap_under_load(root, routes, phases)
+    for path, status, version, body in seen:
+        if status == 200 and path == "/rerank":
+            assert version == rr.version and body[0]["score"] == pytest.approx(score, abs=1e-6)
+        elif status == 200 and path == "/v1/rerank":
+            assert version == rr.version == body["model"]
+        elif status == 200:
+            assert version == v_a and body[0]
+        else:
+            refuser = rr.version if path == "/embed_sparse" else v_a
+            assert body["error_type"] == "Unsupported" and refuser in body["error"], body
+    assert any(p == "/v1/rerank" and s == 200 for p, s, _, _ in seen)
 
 
 def test_watch_mode_follows_the_current_pointer(root, expected):

@@ -65,10 +65,13 @@ _INFERENCE = (
     "/similarity",
     "/rerank",
     "/v1/rerank",
+    "/v2/rerank",
 )
 # What each model cannot do: those routes may also answer 400 Unsupported.
-_MLM_LACKS = frozenset({"/predict", "/rerank", "/v1/rerank"})
-_CLASSIFIER_LACKS = frozenset({"/fill-mask", "/embed_sparse", "/rerank", "/v1/rerank"})
+_MLM_LACKS = frozenset({"/predict", "/rerank", "/v1/rerank", "/v2/rerank"})
+_CLASSIFIER_LACKS = frozenset(
+    {"/fill-mask", "/embed_sparse", "/rerank", "/v1/rerank", "/v2/rerank"}
+)
 # Routes where a valid body may ask for more than any model gives (dimensions above its size):
 # 400 Unsupported too.
 _MAY_EXCEED = frozenset({"/embed", "/v1/embeddings"})

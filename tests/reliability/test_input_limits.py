@@ -145,6 +145,8 @@ def test_inputs_top_k_and_targets_at_the_limit(checkpoint, figures):
             ("/embed", "inputs", "x y"),
             ("/v1/embeddings", "input", "x y"),
             ("/tokenize", "inputs", "x y"),
+            ("/embed_all", "inputs", "x y"),
+            ("/embed_sparse", "inputs", "x y"),
         ]
         for path, key, text in routes:
             r = rec.post(path, json={key: [text] * n})
@@ -158,6 +160,16 @@ def test_inputs_top_k_and_targets_at_the_limit(checkpoint, figures):
             assert len(items) == n
             msg = error_of(rec.post(path, json={key: [text] * (n + 1)}), 422, "Validation")
             assert f"{n + 1} inputs" in msg and f"limit is {n}" in msg
+        # /similarity: the source and its sentences are texts of one request.
+        ok = {"source_sentence": "x", "sentences": ["y"] * (n - 1)}
+        assert rec.post("/similarity", json={"inputs": ok}).status_code == 200
+        over = {"source_sentence": "x", "sentences": ["y"] * n}
+        msg = error_of(rec.post("/similarity", json={"inputs": over}), 422, "Validation")
+        assert f"limit is {n} texts" in msg
+        # /decode: id sequences per request.
+        assert rec.post("/decode", json={"ids": [[5, 6]] * n}).status_code == 200
+        msg = error_of(rec.post("/decode", json={"ids": [[5, 6]] * (n + 1)}), 422, "Validation")
+        assert f"{n + 1} id sequences" in msg
 
         r = rec.post("/fill-mask", json={"inputs": "x [MASK] y", "top_k": MAX_TOP_K})
         assert r.status_code == 200 and len(r.json()["predictions"][0][0]) == MAX_TOP_K
@@ -172,6 +184,43 @@ def test_inputs_top_k_and_targets_at_the_limit(checkpoint, figures):
         r = rec.post("/fill-mask", json={"inputs": "x [MASK]", "targets": targets})
         assert f"limit is {MAX_TARGETS}" in error_of(r, 422, "Validation")
     figures.record(**rec.tally(rejected={422}), max_client_batch=n)
+
+
+@pytest.fixture(scope="module")
+def reranker(tmp_path_factory):
+    return build_checkpoint(
+        tmp_path_factory.mktemp("limits-reranker") / "rr",
+        seed=11,
+        max_positions=MODEL_POSITIONS,
+        labels=("score",),
+    )
+
+
+def test_rerank_at_the_limits(reranker, figures):
+    """Documents per request (max_client_batch) and tokens per (query, document) pair: at the
+    limit served, one over refused without truncate, cut on the document's side with it."""
+    n, limit = MAX_CLIENT_BATCH, 40
+    with _client(reranker, limit) as client:
+        rec = Recorder(client)
+        query = _with_tokens(client, 6, mask=False)[: -len(" entity")]  # 3 tokens + specials
+        doc_at = " ".join(["entity"] * (limit - 3 - 3))  # [CLS] q(3) [SEP] doc [SEP] = limit
+        doc_over = doc_at + " entity"
+        ok = rec.post("/rerank", json={"query": query, "texts": [doc_at] * n, "raw_scores": True})
+        assert ok.status_code == 200 and len(ok.json()) == n, ok.text
+        body = {"query": query, "texts": [doc_over], "truncate": False}
+        msg = error_of(rec.post("/rerank", json=body), 422, "Validation")
+        assert f"{limit + 1} tokens" in msg and f"limit of {limit}" in msg
+        # Cut on the document's side, the over-long pair is exactly the pair at the limit.
+        body = {"query": query, "texts": [doc_over, doc_over * 3], "raw_scores": True}
+        cut = rec.post("/rerank", json=body).json()
+        for r in cut:
+            assert r["score"] == pytest.approx(ok.json()[0]["score"], abs=1e-5)
+        for path, key in (("/rerank", "texts"), ("/v1/rerank", "documents")):
+            msg = error_of(
+                rec.post(path, json={"query": query, key: ["x"] * (n + 1)}), 422, "Validation"
+            )
+            assert f"{n + 1} inputs" in msg and f"limit is {n}" in msg
+    figures.record(**rec.tally(rejected={422}), limit_tokens=limit, max_client_batch=n)
 
 
 def _body(size: int) -> bytes:

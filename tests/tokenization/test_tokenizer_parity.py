@@ -163,6 +163,20 @@ def test_decode_matches_transformers(tokenizers):
         )
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 1999), max_size=16),
+    st.booleans(),
+)
+def test_wordpiece_cleanup_decodes_as_the_rust_decoder(tokenizers, ids, skip):
+    """Any id sequence (a leading ##piece, specials, punctuation anywhere) decodes as
+    transformers' fast tokenizer decodes it by default (TEI's /decode)."""
+    ours, fast, _ = tokenizers
+    assert ours.decode(ids, skip_special_tokens=skip, wordpiece_cleanup=True) == fast.decode(
+        ids, skip_special_tokens=skip
+    )
+
+
 _ALPHABET = st.sampled_from(
     list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'()-\té")
 )
