@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> dict:
         vocab_size=args.vocab_size,
         min_frequency=2,
         limit_alphabet=1_000_000,
-        show_progress=False,
     )
     rust_train = time.perf_counter() - t0
     overlap = len(set(ours.vocab) & set(rust_trainer.get_vocab())) / args.vocab_size

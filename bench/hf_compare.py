@@ -62,7 +62,6 @@ def build_tokenizer(checkpoint: Path | None, workdir: Path, vocab_size: int = 16
             vocab_size=vocab_size,
             min_frequency=2,
             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-            show_progress=False,
         )
         trainer.save_model(str(workdir))
         tok = BertTokenizerFast.from_pretrained(workdir)

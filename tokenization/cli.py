@@ -11,9 +11,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from .tokenizer import WordPieceTokenizer, timed_train
+from .tokenizer import WordPieceTokenizer
 from .vocab import VocabError
+
+
+def timed_train(
+    files: list[str], vocab_size: int, min_frequency: int, lowercase: bool
+) -> tuple[WordPieceTokenizer, float]:
+    """Train with a progress bar and return ``(tokenizer, seconds)``.
+
+    The bar is tqdm's, imported here only: the tokenizer itself needs nothing beyond the
+    standard library, and only a person at a terminal wants the bar.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    with tqdm(total=vocab_size, desc="merges", unit="tok") as bar:
+
+        def progress(n: int) -> None:
+            bar.n = min(vocab_size, n)
+            if n % 500 == 0 or n >= vocab_size:
+                bar.refresh()
+
+        tok = WordPieceTokenizer.train(files, vocab_size, min_frequency, lowercase, progress)
+    return tok, time.perf_counter() - t0
 
 
 def _parser() -> argparse.ArgumentParser:

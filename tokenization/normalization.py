@@ -39,7 +39,7 @@ CHUNK_RE = re.compile(f"[^{_WS_CLASS}]+")
 # ASCII fast path: printable ASCII splits into alphanumeric runs and single punctuation marks.
 _ASCII_WORD_RE = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
 # ASCII characters the cleanup deletes (controls other than tab/newline/CR, and DEL).
-_ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 _REMOVED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})
 
@@ -82,7 +82,7 @@ def is_cjk(char: str) -> bool:
     )
 
 
-def _normalize_char(char: str, lowercase: bool, strip_accents: bool | None = None) -> str:
+def normalize_char(char: str, lowercase: bool, strip_accents: bool | None = None) -> str:
     """One original character -> its normalised form (possibly empty or several characters).
 
     ``"É"`` -> ``"e"`` when lowercasing, ``"\\u200b"`` -> ``""``. ``strip_accents`` None follows
@@ -107,7 +107,7 @@ def split_chunk(
 
     ``split_chunk("Don't")`` -> ``[("don", 0, 3), ("'", 3, 4), ("t", 4, 5)]``.
     """
-    if chunk.isascii() and _ASCII_CONTROL_RE.search(chunk) is None:
+    if chunk.isascii() and ASCII_CONTROL_RE.search(chunk) is None:
         # Accents and CJK characters are not ASCII: only the case matters here.
         text = chunk.lower() if lowercase else chunk
         return [(m.group(), m.start(), m.end()) for m in _ASCII_WORD_RE.finditer(text)]
@@ -122,7 +122,7 @@ def split_chunk(
             current.clear()
 
     for i, char in enumerate(chunk):
-        normalized = _normalize_char(char, lowercase, strip_accents)
+        normalized = normalize_char(char, lowercase, strip_accents)
         for c in normalized:
             if is_whitespace(c):  # lowercasing never yields whitespace, but be safe
                 flush()

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from atomicio import atomic_write_files
@@ -239,9 +238,12 @@ class WordPieceTokenizer:
         vocab_size: int = 16000,
         min_frequency: int = 2,
         lowercase: bool = True,
-        show_progress: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> WordPieceTokenizer:
-        """Learn a vocabulary from corpus files (one document per line, or ``.jsonl`` with ``text``)."""
+        """Learn a vocabulary from corpus files (one document per line, or ``.jsonl`` with ``text``).
+
+        ``progress(n)`` is called as the vocabulary grows to ``n`` tokens (a CLI's progress bar).
+        """
         from .trainer import count_words, learn_vocab, read_lines
 
         if isinstance(files, (str, os.PathLike)):
@@ -259,21 +261,9 @@ class WordPieceTokenizer:
         counts = count_words(read_lines(files), lowercase=lowercase)
         if not counts:
             raise ValueError(f"the corpus {[os.fspath(f) for f in files]} contains no words")
-        progress = None
-        bar = None
-        if show_progress:
-            from tqdm import tqdm  # optional: only the CLI asks for a progress bar
-
-            bar = tqdm(total=vocab_size, desc="merges", unit="tok")
-
-            def progress(n: int) -> None:
-                bar.n = min(vocab_size, n)
-                bar.refresh() if n % 500 == 0 else None
-
         tokens = learn_vocab(counts, vocab_size, min_frequency, progress=progress)
-        if bar is not None:
-            bar.n = len(tokens)
-            bar.close()
+        if progress is not None:
+            progress(len(tokens))
         return cls(tokens, lowercase=lowercase)
 
     @classmethod
@@ -689,16 +679,9 @@ def truncation_lengths(
 
 def _align_word(original: str, lowercase: bool, strip_accents: bool | None) -> list[int]:
     """For each normalised character of a word, the index of the original character it came from."""
-    from .normalization import _normalize_char
+    from .normalization import normalize_char
 
     align: list[int] = []
     for i, ch in enumerate(original):
-        align.extend([i] * len(_normalize_char(ch, lowercase, strip_accents)))
+        align.extend([i] * len(normalize_char(ch, lowercase, strip_accents)))
     return align
-
-
-def timed_train(files: list[str], vocab_size: int, min_frequency: int, lowercase: bool):
-    """Train with a progress bar and return ``(tokenizer, seconds)`` (used by the CLI)."""
-    t0 = time.perf_counter()
-    tok = WordPieceTokenizer.train(files, vocab_size, min_frequency, lowercase, show_progress=True)
-    return tok, time.perf_counter() - t0

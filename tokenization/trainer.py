@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from .normalization import _ASCII_CONTROL_RE, CHUNK_RE, split_chunk
+from .normalization import ASCII_CONTROL_RE, CHUNK_RE, split_chunk
 from .vocab import SPECIAL_TOKENS
 from .wordpiece import PREFIX
 
@@ -40,7 +40,7 @@ def count_words(lines: Iterable[str], lowercase: bool = True) -> Counter[str]:
     """
     chunks: Counter[str] = Counter()
     for line in lines:
-        if line.isascii() and _ASCII_CONTROL_RE.search(line) is None:
+        if line.isascii() and ASCII_CONTROL_RE.search(line) is None:
             chunks.update(line.split())
         else:
             chunks.update(CHUNK_RE.findall(line))
