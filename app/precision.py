@@ -58,7 +58,7 @@ MIN_LABEL_AGREEMENT = 0.95
 # the answers' small deltas are not worth it.
 MIN_SPEEDUP = 1.2
 # Timing at load: at least MIN_ROUNDS interleaved rounds, more while within the budget.
-MIN_ROUNDS, MAX_ROUNDS, TIMING_BUDGET_S = 3, 7, 1.5
+MIN_ROUNDS, MAX_ROUNDS, TIMING_BUDGET_S = 3, 5, 0.5
 # The long timing batch: this many inputs near the token limit.
 LONG_INPUTS = 8
 
