@@ -307,7 +307,7 @@ def quality(
         metrics = evaluate_mlm(
             model,
             env.valid,
-            ours.trainer.spec,
+            ours.trainer.batches.spec,
             batch_size=64,
             max_rows=eval_rows,
             seed=env.cfg.eval_seed,
