@@ -194,11 +194,17 @@ def submit(driver: Any, panel: str, field: str, text: str | None, keys: str) -> 
 
 
 def fill_every_panel(driver: Any) -> None:
-    """Submit each panel with its example input (what a first visitor would try)."""
+    """Submit each panel the model has with its example input (what a first visitor would try);
+    the sparse and rerank panels only where /info shows them (an MLM head; a cross-encoder)."""
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     submit(driver, "fill-panel", "fill-text", None, Keys.ENTER)
     submit(driver, "sim-panel", "sim-text", None, Keys.CONTROL + Keys.ENTER)
+    if driver.find_element(By.ID, "sparse-panel").is_displayed():
+        submit(driver, "sparse-panel", "sparse-text", None, Keys.ENTER)
+    if driver.find_element(By.ID, "rerank-panel").is_displayed():
+        submit(driver, "rerank-panel", "rerank-docs", None, Keys.CONTROL + Keys.ENTER)
     submit(driver, "tok-panel", "tok-text", None, Keys.ENTER)
 
 

@@ -2,9 +2,12 @@
 
 The page is three static files in ``app/static/`` (HTML, CSS, plain JavaScript: no build step,
 nothing loaded from outside the server, so it works offline) and a favicon. It calls only the
-public API (``/info``, ``/fill-mask``, ``/embed``, ``/tokenize``) like any other client, so it
-shows exactly what clients get. Every response here carries a strict Content-Security-Policy
-(scripts, styles, images and requests from this origin only; no inline code).
+public API (``/info``, ``/fill-mask``, ``/embed``, ``/embed_sparse``, ``/decode``, ``/rerank``,
+``/tokenize``) like any other client, with the client's API key when the server wants one, so it
+shows exactly what clients get. The page and its assets stay open when API keys are on (the
+page asks for the key it then sends). Every response here carries a strict
+Content-Security-Policy (scripts, styles, images and requests from this origin only; no inline
+code).
 
 ``create_app`` mounts the router only when ``ServeConfig.ui`` is on; off, ``/`` and ``/ui/*``
 are the API's ordinary 404. Deliberately not here: a middleware (the security headers are set on

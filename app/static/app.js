@@ -1,9 +1,17 @@
 // bertserve's page: fills index.html in from the public API, and nothing else.
 //
-// Calls only /info, /fill-mask, /embed and /tokenize, with the same JSON any client sends, so the
-// page shows exactly what clients get; an API error is shown as the API's own `error` message.
-// It follows hot-swaps: every response's X-Model-Version is compared with the version shown, and
-// /info is refetched when they differ (and polled every few seconds while the page is visible).
+// Calls only /info, /fill-mask, /embed, /embed_sparse, /decode, /rerank and /tokenize, with the
+// same JSON any client sends, so the page shows exactly what clients get; an API error is shown as
+// the API's own `error` message. It follows hot-swaps: every response's X-Model-Version is compared
+// with the version shown, and /info is refetched when they differ (and polled every few seconds
+// while the page is visible). Panels follow the model's capabilities in /info: the core ones are
+// disabled with the reason, the specialist ones (sparse: an MLM head; rerank: a cross-encoder)
+// hidden, since a rerank box on a fill-mask model is noise, not information.
+//
+// API keys: when the server answers 401 the page asks for a key, keeps it in sessionStorage (this
+// tab only, gone when it closes: never localStorage, never the URL, where it would outlive the
+// session or leak into history and logs) and sends it as `Authorization: Bearer` on every call.
+// Without keys configured no 401 comes, and nothing of this shows.
 //
 // Deliberately not here: innerHTML (model output and user text are data, never markup), any
 // request to another origin, inline styles in markup (sizes and colours go through the CSSOM,
@@ -13,12 +21,33 @@
 
 (function () {
   const POLL_MS = 5000;
-  const DEFAULT_CAPABILITIES = { fill_mask: true, embed: true, tokenize: true };
-  const CAPABILITY_NAMES = { fill_mask: "fill-mask", embed: "embeddings", tokenize: "tokenize" };
+  // What a server whose /info predates a capability is assumed to do: the first three always
+  // existed; sparse and rerank are only ever shown when /info says so. The order is the model
+  // panel's.
+  const DEFAULT_CAPABILITIES = {
+    fill_mask: true,
+    embed: true,
+    sparse: false,
+    rerank: false,
+    tokenize: true,
+  };
+  const CAPABILITY_NAMES = {
+    fill_mask: "fill-mask",
+    embed: "embeddings",
+    sparse: "sparse",
+    rerank: "rerank",
+    tokenize: "tokenize",
+  };
   const SIM_MAX = 8;
+  const SPARSE_TOP = 20; // the heaviest terms shown; one /decode call at the default batch limit
+  const KEY_STORE = "bertserve.api-key";
 
-  const shown = { version: null, info: null, exampleTouched: false };
+  const shown = { version: null, info: null, exampleTouched: false, keyNeeded: false };
   let infoRequest = null;
+  let infoSeq = 0;
+  // Token strings by vocabulary id, for the model version they were decoded with: the sparse
+  // panel decodes only the ids it has not seen, and a hot swap (another vocabulary) empties it.
+  let vocab = { version: null, tokens: new Map() };
   const $ = (id) => document.getElementById(id);
 
   // --- DOM -----------------------------------------------------------------------------------
@@ -65,6 +94,8 @@
   // message is the API's `error` text.
   async function api(path, body) {
     const init = { headers: { accept: "application/json" }, cache: "no-store" };
+    const key = apiKey.get();
+    if (key) init.headers.authorization = `Bearer ${key}`;
     if (body !== undefined) {
       init.method = "POST";
       init.headers["content-type"] = "application/json";
@@ -90,9 +121,75 @@
       let message = data && typeof data.error === "string" ? data.error : response.statusText;
       const retry = response.headers.get("retry-after");
       if (response.status === 429 && retry) message += ` (retry after ${retry} s)`;
-      throw new ApiError(message || "request failed", response.status);
+      const error = new ApiError(message || "request failed", response.status);
+      if (response.status === 401) apiKey.refused(error, key);
+      throw error;
     }
     return { data, ms, version };
+  }
+
+  // --- API key -------------------------------------------------------------------------------
+  const apiKey = {
+    // Kept in memory too: sessionStorage can be unavailable (storage disabled), and the page
+    // should still work for as long as it stays open.
+    memory: "",
+
+    get() {
+      try {
+        return sessionStorage.getItem(KEY_STORE) || "";
+      } catch (e) {
+        return this.memory;
+      }
+    },
+
+    set(key) {
+      this.memory = key;
+      try {
+        if (key) sessionStorage.setItem(KEY_STORE, key);
+        else sessionStorage.removeItem(KEY_STORE);
+      } catch (e) {
+        // memory only (see above)
+      }
+    },
+
+    // A 401: the server wants a key (none was sent) or refused the one sent (its message shown).
+    // Polling pauses until a key is entered: a refused request every few seconds from an idle
+    // tab would only fill the server's audit log.
+    refused(error, sent) {
+      shown.keyNeeded = true;
+      // A refused key is forgotten (it will not start working), but stays in the field to fix.
+      if (sent && sent === this.get()) this.set("");
+      const form = $("key-form");
+      $("key-set").hidden = true;
+      if (sent) showError(form, error.toString());
+      else clearError(form);
+      if (form.hidden) {
+        form.hidden = false;
+        $("key-input").focus();
+      }
+    },
+
+    // /info answered: the key (if any) works. Show that one is in use only where keys are on.
+    accepted(info) {
+      shown.keyNeeded = false;
+      const form = $("key-form");
+      form.hidden = true;
+      clearError(form);
+      $("key-input").value = "";
+      $("key-set").hidden = !(info.api_keys && this.get());
+    },
+  };
+
+  function useKey(event) {
+    event.preventDefault();
+    apiKey.set($("key-input").value.trim());
+    refreshInfo({ force: true });
+  }
+
+  function forgetKey() {
+    apiKey.set("");
+    $("key-set").hidden = true;
+    refreshInfo({ force: true });
   }
 
   // A response computed by another model than the one shown: the server hot-swapped.
@@ -137,25 +234,37 @@
     for (const key of Object.keys(caps)) {
       if (Array.isArray(given)) {
         caps[key] = given.includes(key) || given.includes(key.replace("_", "-"));
-      } else if (given && typeof given === "object" && given[key] === false) {
-        caps[key] = false;
+      } else if (given && typeof given === "object" && typeof given[key] === "boolean") {
+        caps[key] = given[key];
       }
     }
     return caps;
   }
 
-  function refreshInfo() {
-    if (infoRequest) return infoRequest;
-    infoRequest = api("/info")
-      .then(({ data }) => renderInfo(data))
+  // Fetches /info and renders it. Concurrent callers share one request, except a forced one (a
+  // new key): it starts afresh, and the answer of the request it overtook is dropped, so an old
+  // key's 401 never lands after the new key's success.
+  function refreshInfo({ force = false } = {}) {
+    if (infoRequest && !force) return infoRequest;
+    const seq = ++infoSeq;
+    const request = api("/info")
+      .then(({ data }) => {
+        if (seq !== infoSeq) return;
+        apiKey.accepted(data);
+        renderInfo(data);
+      })
       .catch((e) => {
-        $("status").textContent = `Model unavailable: ${e.message}`;
-        $("status").dataset.state = "down";
+        if (seq !== infoSeq) return;
+        const status = $("status");
+        status.textContent =
+          e.status === 401 ? "This server needs an API key" : `Model unavailable: ${e.message}`;
+        status.dataset.state = e.status === 401 ? "locked" : "down";
       })
       .finally(() => {
-        infoRequest = null;
+        if (infoRequest === request) infoRequest = null;
       });
-    return infoRequest;
+    infoRequest = request;
+    return request;
   }
 
   function fact(list, name, label, value, title) {
@@ -202,8 +311,19 @@
     for (const section of document.querySelectorAll("[data-capability]")) {
       const key = section.dataset.capability;
       const ok = caps[key];
-      const note = section.querySelector(".capability-note");
       section.querySelector("fieldset").disabled = !ok;
+      if ("optional" in section.dataset) {
+        // A specialist panel comes and goes with the model; what it showed was another model's.
+        if (!ok && !section.hidden) {
+          section.seq = (section.seq || 0) + 1; // drops an answer still on its way
+          section.querySelector(".result").replaceChildren();
+          clearError(section);
+          section.removeAttribute("aria-busy");
+        }
+        section.hidden = !ok;
+        continue;
+      }
+      const note = section.querySelector(".capability-note");
       section.classList.toggle("unavailable", !ok);
       note.hidden = ok;
       note.textContent = ok ? "" : unavailableReason(key);
@@ -340,6 +460,115 @@
     result.append(el("div", { class: "scroll" }, table), legend);
   }
 
+  // --- sparse terms --------------------------------------------------------------------------
+  function sparse(event) {
+    event.preventDefault();
+    const text = $("sparse-text").value;
+    submit($("sparse-panel"), () => sparseTerms(text), renderSparse);
+  }
+
+  // /embed_sparse, then the heaviest ids turned into tokens by /decode: one call of single-id
+  // lists (a flat list would glue "##" pieces to their neighbour), with `skip_special_tokens:
+  // false` since [CLS] or [SEP] may carry weight too; chunked to the server's batch limit, and
+  // only for ids not decoded before under the same model version. Both answers must come from
+  // the same model (a swap in between means another vocabulary): else it starts once more.
+  async function sparseTerms(text) {
+    for (let attempt = 0; ; attempt++) {
+      const answer = await api("/embed_sparse", { inputs: text });
+      const weights = answer.data[0];
+      const top = [...weights]
+        .sort((a, b) => b.value - a.value || a.index - b.index)
+        .slice(0, SPARSE_TOP);
+      if (vocab.version !== answer.version) vocab = { version: answer.version, tokens: new Map() };
+      const cache = vocab;
+      const missing = top.map((w) => w.index).filter((id) => !cache.tokens.has(id));
+      const size = Math.max(1, shown.info?.limits?.max_client_batch || SPARSE_TOP);
+      const chunks = [];
+      for (let i = 0; i < missing.length; i += size) chunks.push(missing.slice(i, i + size));
+      const decoded = await Promise.all(
+        chunks.map((ids) =>
+          api("/decode", { ids: ids.map((id) => [id]), skip_special_tokens: false }),
+        ),
+      );
+      if (decoded.every((d) => d.version === answer.version)) {
+        decoded.forEach((d, c) => chunks[c].forEach((id, i) => cache.tokens.set(id, d.data[i])));
+        const terms = top.map((w) => ({ ...w, token: cache.tokens.get(w.index) }));
+        return { ...answer, data: { terms, nonZero: weights.length } };
+      }
+      if (attempt > 0) throw new ApiError("the model changed during the request; try again", 0);
+    }
+  }
+
+  function renderSparse(result, answer) {
+    const { terms, nonZero } = answer.data;
+    const size = shown.info?.model?.vocab_size;
+    const dims = size ? `${nonZero} of ${size} dimensions non-zero` : `${nonZero} non-zero`;
+    result.append(meta(answer, dims, `top ${terms.length}`));
+    // Weights are log(1 + relu(logit)): unbounded, so bars are relative to the heaviest term.
+    const max = terms.length ? terms[0].value : 1;
+    const list = el("ol", { class: "bars" });
+    for (const t of terms) {
+      const bar = el("span", { class: "bar" });
+      bar.style.width = `${max > 0 ? (t.value / max) * 100 : 0}%`;
+      list.append(
+        el(
+          "li",
+          { class: "term", title: `id ${t.index}`, "data-index": t.index, "data-value": t.value },
+          el("span", { class: "token" }, t.token),
+          el("span", { class: "track" }, bar),
+          el("span", { class: "score" }, t.value.toFixed(3)),
+        ),
+      );
+    }
+    result.append(list);
+  }
+
+  // --- rerank --------------------------------------------------------------------------------
+  function rerank(event) {
+    event.preventDefault();
+    // Blank lines are not documents; everything else (none at all, too many) the API judges.
+    const texts = $("rerank-docs")
+      .value.split("\n")
+      .map((s) => s.trim())
+      .filter(Boolean);
+    const body = { query: $("rerank-query").value, texts };
+    submit($("rerank-panel"), () => api("/rerank", body), (result, answer) =>
+      renderRerank(result, answer, texts),
+    );
+  }
+
+  function renderRerank(result, answer, texts) {
+    const ranked = answer.data;
+    const activation = shown.info?.model?.capabilities?.score_activation || "sigmoid";
+    const scores = ranked.map((r) => r.score);
+    const low = Math.min(...scores);
+    const high = Math.max(...scores);
+    // Sigmoid scores are probabilities: bars as wide as the score. Any other activation (tanh,
+    // identity) may leave [0, 1]: bars then span the lowest to the highest score, and say so.
+    const absolute = activation === "sigmoid" && low >= 0 && high <= 1;
+    const width = (s) => (absolute ? s : high > low ? (s - low) / (high - low) : 1);
+    result.append(meta(answer, `${ranked.length} documents`, `${activation} scores`));
+    if (!absolute) {
+      result.append(el("p", { class: "meta" }, "Bars run from the lowest to the highest score."));
+    }
+    const list = el("ol", { class: "bars ranking" });
+    for (const r of ranked) {
+      const bar = el("span", { class: "bar" });
+      bar.style.width = `${Math.min(1, Math.max(0, width(r.score))) * 100}%`;
+      list.append(
+        el(
+          "li",
+          { class: "ranked", "data-index": r.index, "data-score": r.score },
+          el("span", { class: "doc" }, el("small", {}, `doc ${r.index + 1}`), " ", texts[r.index]),
+          el("span", { class: "track" }, bar),
+          // A logit may be negative: formatScore's small-probability notation would not fit it.
+          el("span", { class: "score" }, absolute ? formatScore(r.score) : r.score.toFixed(3)),
+        ),
+      );
+    }
+    result.append(list);
+  }
+
   // --- tokens --------------------------------------------------------------------------------
   function tokenize(event) {
     event.preventDefault();
@@ -405,20 +634,28 @@
   }
 
   function start() {
-    const forms = { "fill-form": fillMask, "sim-form": similarity, "tok-form": tokenize };
+    const forms = {
+      "fill-form": fillMask,
+      "sim-form": similarity,
+      "sparse-form": sparse,
+      "rerank-form": rerank,
+      "tok-form": tokenize,
+    };
     for (const [id, handler] of Object.entries(forms)) {
       $(id).addEventListener("submit", handler);
       ctrlEnterSubmits($(id));
     }
+    $("key-form").addEventListener("submit", useKey);
+    $("key-forget").addEventListener("click", forgetKey);
     $("fill-text").addEventListener("input", () => {
       shown.exampleTouched = true;
     });
     refreshInfo();
     setInterval(() => {
-      if (!document.hidden) refreshInfo();
+      if (!document.hidden && !shown.keyNeeded) refreshInfo();
     }, POLL_MS);
     document.addEventListener("visibilitychange", () => {
-      if (!document.hidden) refreshInfo();
+      if (!document.hidden && !shown.keyNeeded) refreshInfo();
     });
   }
 

@@ -1,9 +1,11 @@
 """The page at ``/`` without a browser: what is served, with which headers, and the off switch.
 
 Checks the files themselves (no inline script or style, no outside URL, a label on every
-control, only public API paths called), the Content-Security-Policy on the page and its assets
-and its absence from API responses, that the UI routes never appear in the OpenAPI schema, and
-``ui = false`` (``BERT_SERVE_UI=false``, ``--no-ui``) making them 404. No model is loaded: the
+control, only public API paths called, the sparse, rerank and API-key elements in place, the key
+kept in sessionStorage only), the Content-Security-Policy on the page and its assets and its
+absence from API responses, the page staying open when API keys guard the API, that the UI routes
+never appear in the OpenAPI schema, and ``ui = false`` (``BERT_SERVE_UI=false``, ``--no-ui``)
+making them 404. No model is loaded: the
 lifespan is not entered, so these tests take milliseconds. What a person sees in a browser:
 tests/app/test_app_ui_browser.py.
 """
@@ -22,7 +24,8 @@ from app.config import ServeConfig
 from app.main import create_app
 from app.routes.ui import ASSETS, STATIC
 
-PUBLIC_API = {"/info", "/fill-mask", "/embed", "/tokenize"}
+PUBLIC_API = {"/info", "/fill-mask", "/embed", "/embed_sparse", "/decode", "/rerank", "/tokenize"}
+API_KEY = "ui-static-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +119,55 @@ def test_every_control_has_a_label():
     tags = _page_tags()
     labelled = {a["for"] for t, a in tags if t == "label"}
     controls = [a for t, a in tags if t in ("input", "textarea", "select")]
-    assert len(controls) == 5
+    assert len(controls) == 9
     for attrs in controls:
         assert attrs.get("id") in labelled or attrs.get("aria-label"), attrs
+
+
+def _by_id(tags, id_):
+    (attrs,) = [a for _, a in tags if a.get("id") == id_]
+    return attrs
+
+
+def test_sparse_rerank_and_key_elements_are_in_place():
+    tags = _page_tags()
+    for panel, capability, fields in (
+        ("sparse-panel", "sparse", ["sparse-text"]),
+        ("rerank-panel", "rerank", ["rerank-query", "rerank-docs"]),
+    ):
+        attrs = _by_id(tags, panel)
+        # Hidden until /info says the model can do it, and hidden again when it cannot.
+        assert attrs["data-capability"] == capability
+        assert "hidden" in attrs and "data-optional" in attrs
+        for field in fields:
+            _by_id(tags, field)
+    # The core panels are never hidden, only disabled with the reason.
+    for panel in ("fill-panel", "sim-panel", "tok-panel"):
+        assert "data-optional" not in _by_id(tags, panel) and "hidden" not in _by_id(tags, panel)
+    assert "hidden" in _by_id(tags, "key-form") and "hidden" in _by_id(tags, "key-set")
+    key = _by_id(tags, "key-input")
+    assert key["type"] == "password" and key["autocomplete"] == "off"
+
+
+def test_api_key_is_kept_in_session_storage_only():
+    script = (STATIC / "app.js").read_text(encoding="utf-8")
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("//"))
+    assert "sessionStorage.setItem(KEY_STORE" in code
+    assert "authorization = `Bearer ${key}`" in code
+    # Never where it would outlive the tab or leak into history, logs and Referer headers.
+    for where in ("localStorage", "document.cookie", "location", "history.", "URLSearchParams"):
+        assert where not in code, where
+
+
+def test_page_stays_open_when_api_keys_guard_the_api(tmp_path):
+    client = TestClient(create_app(serve_config(tmp_path, api_key=API_KEY)))
+    for path in ("/", *(f"/ui/{name}" for name in ASSETS)):
+        assert client.get(path).status_code == 200, path
+    r = client.get("/info")
+    assert r.status_code == 401 and r.json()["error_type"] == "Unauthorized"
+    assert client.post("/rerank", json={"query": "q", "texts": ["a"]}).status_code == 401
+    assert client.post("/embed_sparse", json={"inputs": "a"}).status_code == 401
+    assert client.post("/decode", json={"ids": [[1]]}).status_code == 401
 
 
 def test_ui_routes_are_never_in_the_openapi_schema(client, tmp_path):

@@ -3,12 +3,17 @@ real server (uvicorn in a thread) on tiny seeded checkpoints with hot-swap enabl
 
 Asserts what a person would see, checked against what the API answers for the same input: bars
 whose widths follow the scores, one block per ``[MASK]``, the similarity grid's diagonal at 1.00,
-token highlights on exactly the characters /tokenize reports, the API's own error message on a bad
-input, the model panel following a hot-swap (through X-Model-Version and through polling), the
-fill-mask panel disabled when /info says the model cannot fill masks, a phone-sized window without
-sideways scrolling, and that the page requests nothing but its own server and trips no CSP rule.
+token highlights on exactly the characters /tokenize reports, sparse terms with /embed_sparse's
+weights and /decode's tokens, a cross-encoder's ranking as /rerank answers it, the API's own error
+message on a bad input, the model panel following a hot-swap (through X-Model-Version and through
+polling) and the sparse and rerank panels coming and going with it, the fill-mask panel disabled
+when /info says the model cannot fill masks, the API-key prompt on a server with a key (401 first,
+a working page after the key, kept in sessionStorage only), a phone-sized window without sideways
+scrolling, and that the page requests nothing but its own server and trips no CSP rule.
 
-One browser and one server for the module. Screenshots of each panel go to a temporary directory,
+One browser and one server for the module (an MLM, ``a``, with another MLM ``b`` and rerankers
+``r`` (sigmoid scores) and ``r-logits`` (raw logits) beside it for hot-swaps), and one more server
+with an API key for the key's test. Screenshots of each panel go to a temporary directory,
 or to ``$BERT_UI_SCREENSHOTS`` when set. Skipped, with the install command, where Chromium,
 chromedriver or selenium is missing. Headers, files and the off switch: tests/app/test_app_ui.py.
 """
@@ -36,6 +41,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 TOKEN = "ui-admin-token-0123456789abcdef"
+API_KEY = "ui-api-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +50,27 @@ def server(tmp_path_factory):
     models = tmp_path_factory.mktemp("ui-models")
     build_checkpoint(models / "a", seed=1)
     build_checkpoint(models / "b", seed=2)
+    build_checkpoint(models / "r", seed=3, labels=("score",))  # one label: a cross-encoder
+    # The same kind, saved as a CrossEncoder whose scores are its logits (activation Identity).
+    logits = build_checkpoint(models / "r-logits", seed=5, labels=("score",))
+    config = json.loads((logits / "config.json").read_text())
+    config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    (logits / "config.json").write_text(json.dumps(config))
     token_file = models.parent / "ui-token"
     token_file.write_text(TOKEN)
     config = serve_config(models / "a", models_root=models, admin_token_file=token_file)
     app = create_app(config)
     with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as api:
         yield url, api, app.state.serve
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory):
+    """A live server whose inference API and /info need ``API_KEY``."""
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("ui-keyed") / "k", seed=4)
+    app = create_app(serve_config(checkpoint, api_key=API_KEY))
+    with live_server(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +122,32 @@ def _reload(api, name):
     return r.json()["model"]
 
 
+@pytest.fixture
+def reranker(server):
+    """The live server swapped to the cross-encoder ``r`` for one test, then back to ``a``."""
+    _, api, _ = server
+    v_a = api.get("/info").json()["model"]["version"]
+    yield _reload(api, "r")
+    assert _reload(api, "a") == v_a
+
+
+def _shown(driver, id_):
+    return driver.find_element(By.ID, id_).is_displayed()
+
+
+def _sent(driver, base_url):
+    """(path, request headers with lower-case names) of every request the browser sent since the
+    last call (Chrome's performance log)."""
+    sent = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            request = message["params"]["request"]
+            headers = {k.lower(): v for k, v in request["headers"].items()}
+            sent.append((request["url"].removeprefix(base_url), headers))
+    return sent
+
+
 def test_model_panel_shows_info(page, server):
     _, api, _ = server
     info = api.get("/info").json()["model"]
@@ -112,9 +159,12 @@ def test_model_panel_shows_info(page, server):
         f"{cfg['num_hidden_layers']} layers · hidden {cfg['hidden_size']} · "
         f"{cfg['num_attention_heads']} heads · vocab {info['vocab_size']}"
     )
-    assert _field(page, "capabilities") == "fill-mask, embeddings, tokenize"
+    assert _field(page, "capabilities") == "fill-mask, embeddings, sparse, tokenize"
     assert page.find_element(By.ID, "status").text == f"Serving {info['version']}"
     assert not page.find_element(By.ID, "model-note").is_displayed()
+    # An MLM has sparse vectors but does not rerank; a server without keys asks for none.
+    assert _shown(page, "sparse-panel") and not _shown(page, "rerank-panel")
+    assert not _shown(page, "key-form") and not _shown(page, "key-set")
 
 
 def test_fill_mask_bars_follow_the_scores(page, server, shots):
@@ -253,6 +303,165 @@ def test_token_highlights_match_tokenize(page, server, shots):
     panel.screenshot(str(shots / "tokens.png"))
 
 
+def test_sparse_terms_are_embed_sparse_weights(page, server, shots):
+    url, api, _ = server
+    text = "a small dog runs after the ball in the park"
+    page.get_log("performance")  # drop what earlier tests logged
+    panel = submit(page, "sparse-panel", "sparse-text", text, Keys.ENTER)
+    weights = api.post("/embed_sparse", json={"inputs": text}).json()[0]
+    top = sorted(weights, key=lambda w: (-w["value"], w["index"]))[:20]
+    ids = [[w["index"]] for w in top]
+    tokens = [  # at most max_client_batch (8) sequences a call
+        token
+        for i in range(0, len(ids), 8)
+        for token in api.post(
+            "/decode", json={"ids": ids[i : i + 8], "skip_special_tokens": False}
+        ).json()
+    ]
+    rows = _css(panel, ".term")
+    assert [int(r.get_attribute("data-index")) for r in rows] == [w["index"] for w in top]
+    assert [float(r.get_attribute("data-value")) for r in rows] == [w["value"] for w in top]
+    assert [r.find_element(By.CSS_SELECTOR, ".token").text for r in rows] == tokens
+    assert [r.find_element(By.CSS_SELECTOR, ".score").text for r in rows] == [
+        f"{w['value']:.3f}" for w in top
+    ]
+    vocab = api.get("/info").json()["model"]["vocab_size"]
+    meta = panel.find_element(By.CSS_SELECTOR, ".meta").text
+    assert f"{len(weights)} of {vocab} dimensions non-zero · top 20 · " in meta
+    # Bars relative to the heaviest term.
+    widths = page.execute_script(
+        "return [...arguments[0].querySelectorAll('.term')].map(r =>"
+        " r.querySelector('.bar').getBoundingClientRect().width"
+        " / r.querySelector('.track').clientWidth)",
+        panel,
+    )
+    assert widths == pytest.approx([w["value"] / top[0]["value"] for w in top], abs=0.01)
+    # Ids become tokens in as few /decode calls as the batch limit allows (20 ids, 8 a call);
+    # the same text again decodes nothing: the page keeps the tokens of this model version.
+    calls = [path for path, _ in _sent(page, url) if path in ("/embed_sparse", "/decode")]
+    assert calls == ["/embed_sparse", *["/decode"] * 3]
+    submit(page, "sparse-panel", "sparse-text", None, Keys.ENTER)
+    assert [path for path, _ in _sent(page, url) if path == "/decode"] == []
+    panel.screenshot(str(shots / "sparse.png"))
+
+
+def test_rerank_panel_ranks_like_the_api(reranker, page, server, shots):
+    _, api, _ = server
+    # The cross-encoder cannot fill masks nor give sparse vectors: those panels say so or go.
+    assert _field(page, "capabilities") == "embeddings, rerank, tokenize"
+    assert _shown(page, "rerank-panel") and not _shown(page, "sparse-panel")
+    assert not page.find_element(By.ID, "fill-text").is_enabled()
+    query = "how do I copy a list"
+    docs = ["list.copy() returns a shallow copy", "the dog sat on the mat", "slicing copies a list"]
+    page.find_element(By.ID, "rerank-query").clear()
+    page.find_element(By.ID, "rerank-query").send_keys(query)
+    # A blank line is not a document.
+    text = "\n".join([docs[0], "", *docs[1:]])
+    panel = submit(page, "rerank-panel", "rerank-docs", text, Keys.CONTROL + Keys.ENTER)
+    want = api.post("/rerank", json={"query": query, "texts": docs, "return_text": True}).json()
+    rows = _css(panel, ".ranked")
+    assert [int(r.get_attribute("data-index")) for r in rows] == [w["index"] for w in want]
+    assert [r.find_element(By.CSS_SELECTOR, ".doc").text for r in rows] == [
+        f"doc {w['index'] + 1} {w['text']}" for w in want
+    ]
+    for row, w in zip(rows, want, strict=True):
+        assert float(row.get_attribute("data-score")) == pytest.approx(w["score"], abs=1e-6)
+        assert float(row.find_element(By.CSS_SELECTOR, ".score").text) == pytest.approx(
+            w["score"], abs=5e-4
+        )
+        # Sigmoid scores: bars as wide as the score.
+        bar, track = (row.find_element(By.CSS_SELECTOR, s) for s in (".bar", ".track"))
+        width = page.execute_script("return arguments[0].getBoundingClientRect().width", bar)
+        inner = page.execute_script("return arguments[0].clientWidth", track)
+        assert width == pytest.approx(w["score"] * inner, abs=1.0)
+    assert "3 documents · sigmoid scores · " in panel.find_element(By.CSS_SELECTOR, ".meta").text
+    panel.screenshot(str(shots / "rerank.png"))
+    # No document at all: the API's own message, as in the other panels.
+    r = api.post("/rerank", json={"query": query, "texts": []})
+    assert r.status_code == 422
+    panel = submit(page, "rerank-panel", "rerank-docs", "\n", Keys.CONTROL + Keys.ENTER)
+    assert _error(panel) == f"Error 422: {r.json()['error']}" and not _css(panel, ".result > *")
+
+
+def test_panels_follow_a_hot_swap_between_mlm_and_reranker(page, server):
+    _, api, _ = server
+    submit(page, "sparse-panel", "sparse-text", None, Keys.ENTER)
+    v_a = _field(page, "version")
+    v_r = _reload(api, "r-logits")
+    try:
+        # Any answer from the new version makes the page refetch /info and redraw its panels.
+        submit(page, "tok-panel", "tok-text", "hello", Keys.ENTER)
+        wait(page, lambda d: _shown(d, "rerank-panel") and not _shown(d, "sparse-panel"), 3)
+        assert _field(page, "version") == v_r
+        assert page.find_element(By.CSS_SELECTOR, "#fill-panel .capability-note").is_displayed()
+        # Logits are no probabilities: bars span the lowest to the highest score.
+        panel = submit(page, "rerank-panel", "rerank-docs", None, Keys.CONTROL + Keys.ENTER)
+        query = page.find_element(By.ID, "rerank-query").get_attribute("value")
+        docs = page.find_element(By.ID, "rerank-docs").get_attribute("value").split("\n")
+        want = api.post("/rerank", json={"query": query, "texts": docs}).json()
+        assert api.get("/info").json()["model"]["capabilities"]["score_activation"] == "identity"
+        assert "identity scores" in panel.find_element(By.CSS_SELECTOR, ".meta").text
+        assert [r.find_element(By.CSS_SELECTOR, ".score").text for r in _css(panel, ".ranked")] == [
+            f"{w['score']:.3f}" for w in want
+        ]
+        widths = page.execute_script(
+            "return [...arguments[0].querySelectorAll('.ranked')].map(r =>"
+            " r.querySelector('.bar').getBoundingClientRect().width"
+            " / r.querySelector('.track').clientWidth)",
+            panel,
+        )
+        high, low = want[0]["score"], want[-1]["score"]
+        assert widths == pytest.approx([(w["score"] - low) / (high - low) for w in want], abs=0.01)
+    finally:
+        assert _reload(api, "a") == v_a
+    submit(page, "tok-panel", "tok-text", "hello", Keys.ENTER)
+    wait(page, lambda d: _shown(d, "sparse-panel") and not _shown(d, "rerank-panel"), 3)
+    assert page.find_element(By.ID, "fill-text").is_enabled()
+    # The other model's sparse terms went with it: the panel comes back empty.
+    assert not _css(page.find_element(By.ID, "sparse-panel"), ".result > *")
+
+
+def test_api_key_prompt_then_a_working_page(driver, keyed_server, shots):
+    url = keyed_server
+    driver.get(url + "/")
+    # Without a key: /info is 401, and the page asks for one (no error: nothing was refused).
+    wait(driver, lambda d: _shown(d, "key-form"))
+    status = driver.find_element(By.ID, "status")
+    assert status.text == "This server needs an API key"
+    assert _error(driver.find_element(By.ID, "key-form")) is None
+    assert _field(driver, "version") is None
+    # A wrong key: the API's 401 message, and the page stays locked.
+    driver.find_element(By.ID, "key-input").send_keys("not-the-key-0123456789" + Keys.ENTER)
+    form = driver.find_element(By.ID, "key-form")
+    wait(driver, lambda d: _error(form))
+    assert _error(form) == "Error 401: missing or invalid bearer token"
+    assert _field(driver, "version") is None
+    driver.save_screenshot(str(shots / "api-key.png"))
+    # The right key: /info again, with it, and the page works.
+    driver.get_log("performance")
+    driver.find_element(By.ID, "key-input").clear()
+    driver.find_element(By.ID, "key-input").send_keys(API_KEY + Keys.ENTER)
+    wait(driver, lambda d: _field(d, "version"))
+    assert not _shown(driver, "key-form") and _shown(driver, "key-set")
+    assert status.text.startswith("Serving k-")
+    panel = submit(driver, "sparse-panel", "sparse-text", None, Keys.ENTER)
+    assert _error(panel) is None and _css(panel, ".term")
+    sent = [(p, h) for p, h in _sent(driver, url) if not p.startswith("/ui/")]
+    assert {p for p, _ in sent} >= {"/info", "/embed_sparse", "/decode"}
+    assert all(h.get("authorization") == f"Bearer {API_KEY}" for _, h in sent), sent
+    # Kept for this tab only: sessionStorage, not localStorage, not the URL.
+    stored = driver.execute_script(
+        "return [sessionStorage.getItem('bertserve.api-key'), localStorage.length]"
+    )
+    assert stored == [API_KEY, 0] and API_KEY not in driver.current_url
+    # A reload keeps the key; "Forget key" drops it and the page asks again.
+    open_page(driver, url)
+    assert not _shown(driver, "key-form")
+    driver.find_element(By.ID, "key-forget").click()
+    wait(driver, lambda d: _shown(d, "key-form"))
+    assert driver.execute_script("return sessionStorage.length") == 0
+
+
 def test_model_panel_follows_hot_swaps(page, server, shots):
     _, api, _ = server
     v_a = _field(page, "version")
@@ -319,6 +528,7 @@ def test_requests_only_its_own_server_and_no_csp_violation(page, server):
     submit(page, "fill-panel", "fill-text", None, Keys.ENTER)
     submit(page, "sim-panel", "sim-text", None, Keys.CONTROL + Keys.ENTER)
     submit(page, "tok-panel", "tok-text", None, Keys.ENTER)
+    submit(page, "sparse-panel", "sparse-text", None, Keys.ENTER)
     sent = []
     for entry in page.get_log("performance"):
         message = json.loads(entry["message"])["message"]
@@ -330,6 +540,7 @@ def test_requests_only_its_own_server_and_no_csp_violation(page, server):
     )
     paths = {u.removeprefix(url).split("?")[0] for u in sent}
     assert {"/", "/ui/app.js", "/ui/app.css", "/info", "/fill-mask", "/embed", "/tokenize"} <= paths
+    assert {"/embed_sparse", "/decode"} <= paths
     assert [u for u in sent + timed if not u.startswith(url + "/")] == []
     console = [e["message"] for e in page.get_log("browser")]
     assert not [m for m in console if "Content Security Policy" in m], console
