@@ -95,8 +95,11 @@ class ServeConfig(BaseSettings):
         default="info", description="Logging level."
     )
     # The page at / (app.routes.ui): static files calling the public API like any client. Off
-    # means / and /ui/* answer 404, for deployments that expose the API alone.
-    ui: bool = Field(default=True, description="Serve the browser page at / (off: 404).")
+    # means /ui/* answers 404 and GET / 405 (POST / stays the inference route), for deployments
+    # that expose the API alone.
+    ui: bool = Field(
+        default=True, description="Serve the browser page at GET / (off: /ui/* 404, GET / 405)."
+    )
 
     # --- batching ------------------------------------------------------------------------------
     # Off means one request per forward pass and no waiting (the bench's baseline).

@@ -12,5 +12,7 @@ What they share, so that no benchmark imports another (tests/bench/test_bench_im
   hf_baseline_server.py  the plain transformers fill-mask server bench_serve measures against
   efficiency.py          bench_model part 2: matmul peak, FLOP count, encoder GFLOP/s
   hf_compare.py          bench_model part 1: fill-mask forward against transformers
-Results land in bench/results/ (the figures the README quotes are committed there).
+  report.py              docs/benchmarks.md, rendered from bench/results/*.json
+Results land in bench/results/, committed; `python -m bench.report` renders them into
+docs/benchmarks.md (a test keeps the page equal to that rendering).
 """

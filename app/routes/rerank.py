@@ -68,7 +68,7 @@ async def cohere_rerank(
     """Cohere's (v1) / Jina's rerank: ``results`` best first with ``relevance_score`` (the
     cross-encoder's activated score), the ``top_n`` best, documents echoed on request."""
     return await _cohere(
-        state, request, body.query, body.documents, body.top_n, None, body.return_documents
+        state, request, body.query, body.documents, body.top_n, None, body.return_documents, "1"
     )
 
 
@@ -83,7 +83,7 @@ async def cohere_v2_rerank(
     """Cohere's v2 rerank: as /v1/rerank, documents never echoed, each cut to
     ``max_tokens_per_doc`` tokens first."""
     return await _cohere(
-        state, request, body.query, body.documents, body.top_n, body.max_tokens_per_doc, False
+        state, request, body.query, body.documents, body.top_n, body.max_tokens_per_doc, False, "2"
     )
 
 
@@ -95,6 +95,7 @@ async def _cohere(
     top_n: int | None,
     max_tokens_per_doc: int | None,
     return_documents: bool,
+    api_version: str,
 ) -> JSONResponse:
     texts = [d if isinstance(d, str) else d.text for d in documents]
     engine, ranked = await state.rerank(
@@ -114,7 +115,7 @@ async def _cohere(
             "id": str(uuid.uuid4()),
             "model": engine.version,
             "results": results,
-            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+            "meta": {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}},
             "usage": {"search_units": 1},
         },
         headers=model_headers(engine),

@@ -138,9 +138,11 @@ def test_rerank_equals_cross_encoder_predict(dirs, kind):
             assert x["relevance_score"] == pytest.approx(expected[x["index"]], abs=1e-5)
             assert x["document"] == {"text": DOCS[x["index"]]}
         assert v1["model"] == r.headers["x-model-version"] and v1["id"]
+        assert v1["meta"]["api_version"]["version"] == "1"
         v2 = client.post("/v2/rerank", json={"model": "x", "query": QUERY, "documents": DOCS})
         assert [x["index"] for x in v2.json()["results"]] == [x["index"] for x in results]
         assert "document" not in v2.json()["results"][0]
+        assert v2.json()["meta"]["api_version"]["version"] == "2"
         # max_tokens_per_doc cuts each document first: the long one then scores as its head.
         short = client.post(
             "/v2/rerank", json={"query": QUERY, "documents": DOCS[3:4], "max_tokens_per_doc": 4}

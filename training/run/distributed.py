@@ -81,7 +81,7 @@ def init_distributed(cfg: RunConfig) -> DistInfo:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
 
-    On CPUs without it bf16 autocast is emulated and measured slower than fp32 (see README).
+    On CPUs without it bf16 autocast is emulated and measured slower than fp32 (see docs/precision.md).
     """
     if precision != "auto":
         if precision == "fp16" and device.type != "cuda":

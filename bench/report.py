@@ -1,0 +1,439 @@
+"""docs/benchmarks.md, rendered from the committed results: `python -m bench.report`.
+
+    python -m bench.report            # rewrite docs/benchmarks.md from bench/results/*.json
+    python -m bench.report --check    # exit 1 when the page and the results disagree
+
+One section per results file (``bench/results/<name>.json``), in ``bench.run_all``'s order, then
+the recipe sweep and the reliability suite's figures: the command that produced it (rebuilt from
+the settings the file records), the machine it ran on (CPU flags, threads, versions, as recorded)
+and its tables, built with ``bench.common.table_lines``. A benchmark of ``run_all`` without a
+results file is listed as such, so the page says what it does not show. A results file this
+module has no renderer for is an error: a new benchmark adds its section here, and the test
+(tests/bench/test_report.py) fails until the committed page is rendered again.
+
+Deliberately not here: running benchmarks (each writes its own file), targets and verdicts that
+a results file does not record (the prose in docs/ says what a figure was for), and any figure
+typed by hand: everything on the page comes from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, ROOT, ratio, table_lines
+from bench.run_all import BENCHES
+
+PAGE = ROOT / "docs" / "benchmarks.md"
+
+Result = Mapping[str, Any]
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """``pct(0.3054)`` -> ``"30.5%"``; ``"-"`` for None."""
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def num(x: float | None, digits: int = 0) -> str:
+    """``num(12345.6)`` -> ``"12,346"``; ``num(0.30542, 3)`` -> ``"0.305"``; ``"-"`` for None."""
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def arg(x: float) -> str:
+    """A recorded setting as it was typed: ``arg(6.0)`` -> ``"6"``, ``arg(0.5)`` -> ``"0.5"``."""
+    return f"{x:g}"
+
+
+def flags(value: Any) -> str:
+    """CPU flags however a file records them: ``"avx2"``, ``["avx2"]`` or ``{"avx2": True}``."""
+    if isinstance(value, Mapping):
+        value = [f for f, there in value.items() if there]
+    if isinstance(value, list | tuple):
+        value = " ".join(value)
+    return f"`{value}`" if value else "none recorded"
+
+
+def header(title: str, command: str, machine: list[str]) -> list[str]:
+    """A section's title, its command and the machine line."""
+    return [f"## {title}", "", f"`{command}`", "", "Measured on: " + "; ".join(machine) + ".", ""]
+
+
+# --- one renderer per results file --------------------------------------------------------------
+
+
+def model_section(r: Result) -> list[str]:
+    """bench_model: fill-mask forward against transformers, the served precisions, GFLOP/s."""
+    eff = r.get("efficiency") or {}
+    cpu = eff.get("cpu") or {}
+    shapes = [row["shape"] for row in r["results"]]
+    machine = [
+        f"CPU flags {flags(cpu.get('flags'))} (torch kernels {cpu.get('torch_capability', '?')})",
+        f"{r['threads']} threads",
+        f"torch {r['torch']}, transformers {r['transformers']}",
+    ]
+    cmd = f"python -m bench.bench_model --shapes {','.join(shapes)} --threads {r['threads']}"
+    out = header("Model: the fill-mask forward pass (`bench_model`)", cmd, machine)
+    rows = [
+        [
+            f"{row['shape']} (L{row['layers']} H{row['hidden']}, {row['vocab']:,} vocab)",
+            f"{num(row['ours_seq_per_s'], 1)} vs {num(row['hf_seq_per_s'], 1)}",
+            ratio(row["throughput_ratio"]),
+            f"{num(row['ours_latency_ms_median'], 1)} vs {num(row['hf_latency_ms_median'], 1)}",
+            ratio(row["latency_ratio"]),
+            f"{row['top5_identical']}/{row['top5_rows']}",
+        ]
+        for row in r["results"]
+    ]
+    head = ["shape", "seq/s ours vs HF", "throughput", "latency ms ours vs HF", "latency"]
+    out += [
+        f"Batches of {r['results'][0]['batch_size']} texts against "
+        "`transformers.BertForMaskedLM` (same weights, same padded batches); latency is the "
+        "median single request; ratios are ours / HF.",
+        "",
+        *table_lines([*head, "top-5 identical"], rows, "llrlrr"),
+        "",
+    ]
+    rows = []
+    for row in r["results"]:
+        for precision, p in (row.get("precisions") or {}).items():
+            gate = p["gate"]
+            verdict = "passed" if gate["passed"] else "failed: serves fp32"
+            rows.append(
+                [
+                    row["shape"],
+                    precision,
+                    f"{gate['min_cosine']:.4f} / {gate['top5_overlap']:.3f}: {verdict}",
+                    ratio(p.get("throughput_ratio")),
+                    ratio(p.get("latency_ratio")),
+                ]
+            )
+    if rows:
+        out += [
+            "Each reduced precision as the server loads it (converted, then gated against fp32 "
+            "on the probe set); ratios against HF in fp32:",
+            "",
+            *table_lines(
+                ["shape", "precision", "gate: min cosine / top-5 overlap", "throughput", "latency"],
+                rows,
+                "lllrr",
+            ),
+            "",
+        ]
+    if eff:
+        peak = eff["peak"]["fp32"]
+        m, k, n = peak["best_gemm"]
+        rows = [
+            [f["shape"], f["precision"], num(f["gflops"], 1), pct(f["fraction_of_peak"], 0)]
+            for f in eff["forward"]
+        ]
+        out += [
+            f"Encoder forward (`model.encode`, batch {eff['batch']} x {eff['seq_len']}, no "
+            f"padding; {eff['flops_counted']}) against the measured fp32 `torch.mm` peak, "
+            f"{num(peak['gflops'], 1)} GFLOP/s at {m} x {k} x {n}:",
+            "",
+            *table_lines(["shape", "precision", "GFLOP/s", "of the peak"], rows, "llrr"),
+            "",
+        ]
+    return out
+
+
+def serve_section(r: Result) -> list[str]:
+    """bench_serve: /fill-mask under wrk against a plain transformers server."""
+    machine = [
+        f"CPU flags {flags(r['cpu_flags'])}",
+        f"{r['cpu_count']} CPUs, {r['torch_threads']} torch thread per server",
+        f"Python {r['python']}, {r['platform']}",
+    ]
+    cmd = f"python -m bench.bench_serve --duration {arg(r['duration_s'])}"
+    out = header("Serving: `/fill-mask` under load (`bench_serve`)", cmd, machine)
+    names = list(r["results"])
+    levels = [
+        [
+            rows[0]["connections"],
+            *(f"{num(x['rps'])} ({x['p50_ms']:g} / {x['p99_ms']:g})" for x in rows),
+        ]
+        for rows in zip(*(r["results"][n] for n in names), strict=True)
+    ]
+    out += [
+        f"`wrk` on loopback, {arg(r['duration_s'])} s per level; `hf` is a plain FastAPI + "
+        '`transformers` `pipeline("fill-mask")` server, `ours-off` ours with batching off.',
+        "",
+        *table_lines(
+            ["connections", *(f"{n} req/s (p50 / p99 ms)" for n in names)],
+            levels,
+            "r" + "l" * len(names),
+        ),
+        "",
+    ]
+    top = max(x["connections"] for x in r["results"]["ours"])
+    rows = [[k, ratio(v)] for k, v in r["ratios"].items()]
+    out += [*table_lines([f"at {top} connections", "ratio"], rows, "lr"), ""]
+    stages = next(x.get("stages") for x in r["results"]["ours"] if x["connections"] == top)
+    if stages:
+        rows = [
+            [s, v["mean_ms"], v["p50_ms_at_most"], v["p99_ms_at_most"]] for s, v in stages.items()
+        ]
+        out += [
+            *table_lines(
+                [f"ours at {top} connections: stage", "mean ms", "p50 ms (at most)", "p99 ms"],
+                rows,
+                "lrrr",
+            ),
+            "",
+        ]
+    return out
+
+
+def cloze_section(r: Result) -> list[str]:
+    """bench_cloze: whole-word cloze, checkpoints against count-based baselines."""
+    named = {
+        n: s["checkpoint"] for n, s in r["systems"].items() if "," not in n and "checkpoint" in s
+    }
+    cmd = "python -m bench.bench_cloze" + "".join(
+        f" --checkpoint {n}={p}" for n, p in named.items()
+    )
+    machine = [f"CPU flags {flags(r['cpu_flags'])}", f"torch {r['torch']}"]
+    out = header("Fill-mask quality: the whole-word cloze (`bench_cloze`)", cmd, machine)
+    corpora = list(next(iter(r["systems"].values()))["by_corpus"])
+    rows = [
+        [
+            name,
+            num(s["top1"], 3),
+            num(s["top5"], 3),
+            ratio(s["top1_ratio"]),
+            ratio(s["top5_ratio"]),
+            *(num(s["by_corpus"][c]["top1"], 3) for c in corpora),
+            pct(s.get("mlm_accuracy"), 2),
+        ]
+        for name, s in r["systems"].items()
+    ]
+    head = ["system", "top-1", "top-5", "top-1 / n-gram", "top-5 / n-gram"]
+    head += [f"top-1 {c}" for c in corpora] + ["MLM accuracy"]
+    acc = r.get("acceptance") or {}
+    out += [
+        f"{r['items']:,} items (at most {r['max_items_per_file']:,} per valid file, seed "
+        f"{r['seed']}); the baselines rank only the {r['candidates']:,} candidate words, and "
+        '"candidates only" gives a checkpoint that same choice. Ratios are over the n-gram\'s.',
+        "",
+        *table_lines(head, rows, "l" + "r" * (len(head) - 1)),
+        "",
+    ]
+    if acc:
+        verdict = "met" if acc["passed"] else "not met"
+        out += [
+            f"Acceptance (top-1 at least the n-gram's, top-5 above it) for `{acc['checkpoint']}`: "
+            f"**{verdict}**.",
+            "",
+        ]
+    return out
+
+
+def finetune_section(r: Result) -> list[str]:
+    """bench_finetune: supersense fine-tuning against TF-IDF, transformers' Trainer, random init."""
+    cmd = f"python -m bench.bench_finetune --budget-min {arg(r['budget_min'])}"
+    machine = [f"CPU flags {flags(r['cpu_flags'])}", f"{r['threads']} threads"]
+    out = header("Fine-tuning a classifier (`bench_finetune`)", cmd, machine)
+    labels = {
+        "tfidf_logreg": "TF-IDF + logistic regression",
+        "transformers_trainer": "transformers `Trainer`, same checkpoint and recipe",
+        "ours": "ours (`bert-finetune`) from the checkpoint",
+        "ours_random_init": "ours from a random initialisation",
+    }
+    s = r["systems"]
+    rows = [
+        [
+            labels.get(name, name),
+            num(x["accuracy"], 4),
+            num(x["macro_f1"], 4),
+            num(x.get("steps")),
+            num(x.get("examples_per_s")),
+            num(x.get("train_s")),
+        ]
+        for name, x in s.items()
+    ]
+    head = ["system", "accuracy", "macro-F1", "steps", "training examples/s", "seconds"]
+    out += [
+        f"WordNet supersenses (45 labels), valid split; {arg(r['budget_min'])} minutes of wall "
+        "clock per fine-tune, evaluations included.",
+        "",
+        *table_lines(head, rows, "lrrrrr"),
+        "",
+    ]
+    rows = [
+        [
+            f"ours vs {labels.get(name, name)}",
+            f"{100 * (s['ours']['accuracy'] - s[name]['accuracy']):+.1f}",
+            f"{100 * (s['ours']['macro_f1'] - s[name]['macro_f1']):+.1f}",
+            ratio(s["ours"]["examples_per_s"] / s[name]["examples_per_s"])
+            if s[name].get("examples_per_s")
+            else "-",
+        ]
+        for name in s
+        if name != "ours" and "ours" in s
+    ]
+    head = ["comparison", "accuracy (points)", "macro-F1 (points)", "training throughput"]
+    out += [*table_lines(head, rows, "lrrr"), ""]
+    return out
+
+
+def sop_section(r: Result) -> list[str]:
+    """bench_sop: continued pretraining with and without sentence-order prediction."""
+    cmd = (
+        f"python -m bench.bench_sop --pretrain-min {arg(r['pretrain_min'])} "
+        f"--finetune-min {arg(r['finetune_min'])} --sop-weight {arg(r['sop_weight'])}"
+    )
+    out = header(
+        "Sentence-order prediction (`bench_sop`)", cmd, [f"CPU flags {flags(r['cpu_flags'])}"]
+    )
+    rows = [
+        [
+            name,
+            num(a["finetune_accuracy"], 4),
+            num(a["finetune_macro_f1"], 4),
+            num(a["retrieval_recall_at_1"], 4),
+            num(a["retrieval_mrr"], 4),
+            num(a["sop_accuracy"], 3),
+        ]
+        for name, a in r["arms"].items()
+    ]
+    head = ["arm", "supersense accuracy", "macro-F1", "retrieval recall@1", "MRR"]
+    out += [
+        f"Both arms continue pretraining the checkpoint for {arg(r['pretrain_min'])} minutes, "
+        f"then fine-tune on supersenses for {arg(r['finetune_min'])}; sentence-order accuracy "
+        "is on valid rows (chance 0.5).",
+        "",
+        *table_lines([*head, "sentence-order accuracy"], rows, "lrrrrr"),
+        "",
+    ]
+    return out
+
+
+def recipes_section(r: Result) -> list[str]:
+    """bench_recipes: the pretraining recipe sweep behind configs/bert_tiny.yaml."""
+    cmd = f"python -m bench.bench_recipes --budget {arg(r['budget_minutes'])}"
+    machine = [f"CPU flags {flags(r['cpu_flags'])}", f"{r['threads_per_run']} torch thread per run"]
+    out = header("Pretraining recipes: the sweep (`bench_recipes`)", cmd, machine)
+    rows = [
+        [
+            x["name"],
+            x["round"],
+            x["lever"],
+            num(x["steps"]),
+            num(x["tokens_per_s"]),
+            num(x["valid_loss"], 3),
+            pct(x["valid_accuracy"]),
+            pct(x["cloze_top1"]),
+            pct(x["cloze_top5"]),
+        ]
+        for x in r["runs"]
+    ]
+    head = ["run", "round", "lever", "steps", "tokens/s", "valid loss", "MLM acc"]
+    out += [
+        f"One `bert-train` run of {arg(r['budget_minutes'])} minutes per lever, scored on "
+        "whole-word cloze items of both valid splits (the same items for every run that keeps "
+        "the default's vocabulary; valid loss and MLM accuracy use each run's own masking, so "
+        "the cloze columns are the comparable ones).",
+        "",
+        *table_lines([*head, "cloze top-1", "cloze top-5"], rows, "lrlrrrrrr"),
+        "",
+    ]
+    return out
+
+
+def reliability_section(r: Result) -> list[str]:
+    """make reliability: each test's figures, as the suite recorded them."""
+    out = header(
+        "Reliability (`make reliability`)",
+        'pytest -q tests/reliability -m "" --figures-json bench/results/reliability.json',
+        ["see each test's figures"],
+    )
+    rows = [
+        [
+            f"`{nodeid.split('tests/reliability/', 1)[-1]}`",
+            ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in f.items()),
+        ]
+        for nodeid, f in r.items()
+    ]
+    return [*out, *table_lines(["test", "figures"], rows), ""]
+
+
+SECTIONS: dict[str, Callable[[Result], list[str]]] = {
+    "bench_model": model_section,
+    "bench_serve": serve_section,
+    "bench_cloze": cloze_section,
+    "bench_finetune": finetune_section,
+    "bench_sop": sop_section,
+    "recipes": recipes_section,
+    "reliability": reliability_section,
+}
+ORDER = (*BENCHES, "recipes", "reliability")
+
+INTRO = """\
+# Benchmarks
+
+What each benchmark measured in its last committed run, one section per results file in
+`bench/results/`. **Generated** by `python -m bench.report` from those files; do not edit by
+hand: commit a new result and run it again (`tests/bench/test_report.py` fails while this page
+and the results disagree). `make bench` runs every benchmark (`python -m bench.run_all`); each
+runs alone as `python -m bench.<name>` (`--quick` for a short variant) and writes
+`bench/results/<name>.json`.
+
+Unless a section says otherwise the figures come from the shared 2-core build machine, with other
+jobs running: wall-clock figures move by +-30% between runs, and the ratios inside one run are
+what counts. The CPU flags decide what bf16 and int8 can do (see [precision.md](precision.md)).
+"""
+
+
+def render(results: Path = RESULTS) -> str:
+    """The page for the results files in ``results``; ValueError on a file without a renderer."""
+    found = {p.stem: p for p in sorted(Path(results).glob("*.json"))}
+    unknown = sorted(set(found) - set(SECTIONS))
+    if unknown:
+        raise ValueError(
+            f"no section renderer for {', '.join(f'{u}.json' for u in unknown)}: add one to "
+            "bench/report.py SECTIONS"
+        )
+    lines = [INTRO]
+    for name in ORDER:
+        if name in found:
+            lines += SECTIONS[name](json.loads(found[name].read_text(encoding="utf-8")))
+    missing = [f"`{b}`" for b in BENCHES if b not in found]
+    if missing:
+        lines += [
+            "## Not committed yet",
+            "",
+            f"No results file for {', '.join(missing)}: run `python -m bench.<name>` and then "
+            "`python -m bench.report`. Figures from their earlier runs are quoted, with the commit "
+            "that recorded them, in [training.md](training.md) and [serving.md](serving.md).",
+            "",
+        ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results directory")
+    ap.add_argument("--out", type=Path, default=PAGE, help=f"the page (default: {PAGE})")
+    ap.add_argument("--check", action="store_true", help="compare, do not write; 1 if different")
+    args = ap.parse_args(argv)
+    page = render(args.results)
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+        if current != page:
+            print(f"{args.out} is stale: run python -m bench.report", file=sys.stderr)
+            return 1
+        return 0
+    args.out.write_text(page, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
