@@ -35,7 +35,7 @@ test: install
 # has no native bf16. CI runs it after `make test`.
 test-bf16: install
 	BERT_SERVE_PRECISION=bf16 $(BIN)/python -m pytest -q tests/app \
-		tests/reliability/test_graceful_shutdown.py tests/training/test_cloze.py
+		tests/reliability/test_graceful_shutdown.py tests/training/evaluation/test_cloze.py
 
 # The README's picture of the page at /: every panel filled in, against CHECKPOINT, in headless
 # Chromium (sudo apt-get install -y chromium chromium-driver).
