@@ -13,8 +13,8 @@ with examples; recall@1, recall@10 and MRR with ties at their expected value.
 * reranked: the bi-encoder's top-k per query re-ordered by the reranker's logits, the rest after
   them in the bi-encoder's order (`training.evaluation.rerank.reranked_scores`), computed in this
   process (`bert-eval --task rerank`'s figures).
-* Latency: the reranker served by bert-serve (bench/server.py; its default precision, the one it
-  reports, one torch thread), one POST /rerank per query with its top-k definitions, sent one
+* Latency: the reranker served by bert-serve (bench/server.py; its default precision unless
+  --precision, the one it reports; one torch thread), one POST /rerank per query with its top-k definitions, sent one
   after another from this process after a warm-up; p50 and p99 of the wall-clock time of each
   request over the queries. The same requests' scores rank the candidates again: the served
   figures, which must equal the in-process ones (up to the served precision).
@@ -79,7 +79,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def serve_and_time(
-    reranker: Path, queries: list[str], documents: list[list[str]], threads: int
+    reranker: Path,
+    queries: list[str],
+    documents: list[list[str]],
+    threads: int,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Each query with its documents through the served reranker's POST /rerank, one at a time:
     per-request milliseconds and each query's scores (in document order)."""
@@ -87,6 +91,8 @@ def serve_and_time(
 
     argv = ["app.cli", "--checkpoint", str(reranker), "--torch-threads", str(threads)]
     argv += ["--max-client-batch", str(max(32, len(documents[0])))]
+    if precision is not None:
+        argv += ["--precision", precision]
     server = Server("ours", argv, log=RESULTS / "bench_rerank_server.log")
     with server, httpx.Client(base_url=server.url, timeout=60) as client:
         info = client.get("/info").json()["model"]
@@ -163,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reranker", type=Path, default=RERANKER)
     parser.add_argument("--retriever", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default=None,
+        help="the server's precision (default: its own default, auto)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     if args.threads:
@@ -178,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     top = nearest(first, args.top_k)  # (Q, k): the documents each /rerank request carries
     n = QUICK_QUERIES if args.quick else len(rset.queries)
     documents = [[rset.candidates[c] for c in row] for row in top[:n].tolist()]
-    timed = serve_and_time(args.reranker, rset.queries[:n], documents, max(args.threads, 1))
+    timed = serve_and_time(
+        args.reranker, rset.queries[:n], documents, max(args.threads, 1), args.precision
+    )
     ms = timed["ms"]
     served_logits = torch.tensor(timed["scores"])  # (n, k)
 

@@ -329,7 +329,9 @@ def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dic
         "retrieval": {k: ours[k] for k in METRICS},
         "ratio_to_tfidf": {k: ours[k] / tfidf[k] if tfidf[k] else None for k in METRICS},
         "retrieval_by_pooling": by_pooling,
-        "sparse": {k: sparse[k] for k in ("ours", "ratio_to_tfidf", "active_dims", "pooling")},
+        "sparse": {
+            k: sparse[k] for k in ("ours", "cosine", "ratio_to_tfidf", "active_dims", "pooling")
+        },
         "mlm": {k: mlm[k] for k in ("loss", "accuracy", "perplexity", "masked_tokens", "rows")},
         "cost": recorded_cost(directory),
     }
@@ -383,7 +385,8 @@ def markdown(report: dict[str, Any]) -> str:
         dims = r["sparse"]["active_dims"]
         lines.append(
             f"  - sparse vectors: {dims['queries']:,.0f} active dimensions per query, "
-            f"{dims['candidates']:,.0f} per definition (dot product over them)"
+            f"{dims['candidates']:,.0f} per definition (dot product over them); scaled to unit "
+            f"length first: recall@1 {r['sparse']['cosine']['recall@1']:.4f}"
         )
         for p, m in r["retrieval_by_pooling"].items():
             if p != r["pooling"]:

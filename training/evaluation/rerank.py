@@ -160,7 +160,7 @@ def evaluate_reranking(
 ) -> dict[str, float | int]:
     """`retrieval_metrics` of the retriever's top candidates `top` (Q, k) reranked by `model`,
     with `first_stage_recall` (the share of queries whose target is among them: what any
-    reranker can reach at recall@1)."""
+    reranker can reach at recall@1) and `mean_logit` (of the reranked pairs)."""
     ce = cross_scores(model, tokens, top, max_length=max_length, batch_size=batch_size,
                       device=device)  # fmt: skip
     metrics: dict[str, float | int] = dict(
@@ -169,6 +169,7 @@ def evaluate_reranking(
     target = torch.as_tensor(rset.targets)[:, None]  # (Q, 1)
     metrics["first_stage_recall"] = float((top == target).any(dim=1).double().mean())
     metrics["reranked"] = int(top.shape[1])
+    metrics["mean_logit"] = float(ce.double().mean())
     return metrics
 
 

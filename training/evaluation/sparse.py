@@ -15,9 +15,10 @@ and the metrics are `retrieval.retrieval_metrics`' on the same pairs as the dens
     bert-eval --task retrieval --sparse --checkpoint checkpoints/default --corpus data/wordnet.valid.txt
 
 An MLM that was never trained for SPLADE (our default) puts weight on every vocabulary entry its
-head finds plausible at some position: vectors with thousands of active dimensions, scored by
-expansion terms more than by the words the texts share. `active_dims` in the result says how
-dense they are.
+head finds plausible at some position: vectors with thousands of active dimensions whose mass
+grows with the text, so that under the dot product a few long candidates outscore the rest for
+every query. `active_dims` in the result says how dense they are, and `cosine` gives the same
+vectors' figures scaled to unit length (a diagnostic: SPLADE scores by the dot product).
 
 Deliberately not here: an inverted index (the sets are ~10^3 x 10^3: dense matrix products),
 prompts (the server prepends a model's default prompt; our checkpoints have none), and SPLADE
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from model.heads import top_k_dims
 from training.data.pairs import retrieval_set
@@ -133,6 +135,9 @@ def evaluate_checkpoint_sparse_retrieval(
     q = encoder.encode(rset.queries, batch_size=batch_size)  # (Q, V)
     c = encoder.encode(rset.candidates, batch_size=batch_size)  # (C, V)
     ours = retrieval_metrics(q @ c.T, rset.targets)
+    # The same vectors scaled to unit length first: what is left when the vectors' mass, which
+    # an MLM never trained for SPLADE spreads unevenly, no longer decides.
+    unit = retrieval_metrics(F.normalize(q, dim=1) @ F.normalize(c, dim=1).T, rset.targets)
     tfidf = tfidf_retrieval(rset)
     names = [k for k in tfidf if k.startswith("recall@") or k == "mrr"]
     return {
@@ -152,6 +157,7 @@ def evaluate_checkpoint_sparse_retrieval(
             "candidates": float((c > 0).sum(dim=1).double().mean()),
         },
         "ours": {k: ours[k] for k in names},
+        "cosine": {k: unit[k] for k in names},
         "tfidf": {k: tfidf[k] for k in names},
         "ratio_to_tfidf": {k: ours[k] / tfidf[k] if tfidf[k] else None for k in names},
     }

@@ -22,16 +22,25 @@ softmax over (positive, negatives) is the objective of exactly that, with every 
 group competing for the same probability mass (the hardest ones weigh most); BCE scores each pair
 alone, so a group with one easy and one hard negative teaches mostly the easy one, and it spends
 capacity on calibrating absolute scores that no ranking reads. BCE stays available (`loss: bce`)
-for scores meant as probabilities. The distillation term gives every group a full ranking to
-learn from where the labels name one positive: a fresh cross-encoder first learns to order
-candidates as the embedding model does, which it can, and the labels then take it past it.
+for scores meant as probabilities.
+
+What made a tiny cross-encoder learn in minutes (probes in checkpoints/reranker/README.md):
+negatives from where the reranker will work, and distillation. At serving time it reorders the
+embedding model's top 20 of ~1,300 candidates; of 29,000 training candidates the same share is
+the top ~400, so `mine_top_k` is that, not the top 30 (near-duplicates and other senses of the
+query's word, which a fresh head cannot tell apart: it stays at chance on them). The distillation
+term gives every group a full ranking to learn from where the labels name one positive: the
+cross-encoder first learns to order candidates roughly as the embedding model does, and the
+labels take it past it.
 
 An in-batch negative that is one of the query's own positives (two queries of one gloss in a
 batch) is masked out of its loss; mined negatives never include the query's positives (any pair
 with the same query text counts). Draws are seeded by (seed, step), so a resumed run sees the same
-groups. The output is transformers' `...ForSequenceClassification` with `num_labels: 1`: the one
-loader reads it as a reranker, `/rerank` serves it, and CrossEncoder opens it (sigmoid of the
-logit, its default for one label).
+groups. Every dev evaluation centres the scores (`center_scores`: the dev pairs' mean logit
+becomes 0; listwise loss only). The output is transformers' `...ForSequenceClassification` with
+`num_labels: 1`, whose config.json names its scores' activation as sentence-transformers does
+(`mark_scores`: the logit itself after a listwise loss, its sigmoid after BCE): the one loader
+reads it as a reranker, `/rerank` serves it, and CrossEncoder opens it with the same scores.
 
 Deliberately not here: graded relevance labels, distillation from a bigger cross-encoder (the
 teacher here is the embedding model that mined the negatives),
@@ -41,6 +50,7 @@ among WordNet's definitions are trained on as negatives), and several processes 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -65,11 +75,36 @@ from training.finetune.tuner import CONFIG_FILE, Tuner, classifier_from, start_d
 from training.run.loop import StepWork
 from training.run.metrics import plot_rerank_curves
 
-__all__ = ["RERANK_LABEL", "RerankTuner", "distill_loss", "group_loss", "mine_negatives"]
+__all__ = [
+    "RERANK_LABEL",
+    "RerankTuner",
+    "center_scores",
+    "distill_loss",
+    "group_loss",
+    "mark_scores",
+    "mine_negatives",
+]
 
 logger = logging.getLogger(__name__)
 
 RERANK_LABEL = "LABEL_0"  # transformers' name of an unnamed single label, as CrossEncoders carry
+# What CrossEncoder.predict (and /rerank by default) applies to the logit, by loss: a listwise
+# model's logit orders the candidates of one query and nothing more (each query's logits sit at
+# their own offset, so a sigmoid would saturate for some queries and tie their scores), BCE's is
+# a calibrated log-odds. Named as sentence-transformers 4 and 5 write it into config.json.
+SCORE_ACTIVATIONS = {
+    "listwise": "torch.nn.modules.linear.Identity",
+    "bce": "torch.nn.modules.activation.Sigmoid",
+}
+
+
+def mark_scores(directory: Path, loss: str) -> None:
+    """Name the activation of `loss`'s scores (`SCORE_ACTIVATIONS`) in directory/config.json, as
+    sentence-transformers' CrossEncoder does: its predict and our /rerank then apply it."""
+    path = Path(directory) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["sentence_transformers"] = {"activation_fn": SCORE_ACTIVATIONS[loss]}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def distill_loss(
@@ -102,6 +137,20 @@ def group_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Te
     labels[:, 0] = 1.0
     losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B, G)
     return losses[valid].mean()
+
+
+def center_scores(model: torch.nn.Module, mean_logit: float) -> None:
+    """Shift the one-label head's bias by -mean_logit, so that pairs whose mean logit it was
+    average 0 after it.
+
+    Why: the listwise and distillation losses see the logits through a softmax, blind to a
+    shift, so nothing anchors them, and a run may end with every logit near -60, where
+    /rerank's and CrossEncoder's sigmoid underflows float32 towards 0 and ranks by rounding.
+    Centred on the dev pairs, scores stay spread around 0.5. No ranking changes, and neither
+    does training (under those losses the bias gets no gradient).
+    """
+    with torch.no_grad():
+        model.classifier.out.bias.sub_(mean_logit)
 
 
 def mine_negatives(
@@ -227,6 +276,9 @@ class RerankTuner(Tuner, kind="rerank", config_file=CONFIG_FILE):
                 self.model, self.dev_tokens, self.dev_set, self.dev_first, self.dev_top,
                 max_length=self.max_len, batch_size=self.cfg.eval_batch_size, device=self.device,
             )  # fmt: skip
+        if self.cfg.loss == "listwise":  # BCE's logits are calibrated: left as they are
+            center_scores(self.model, metrics["mean_logit"])
+            metrics["score_shift"] = -metrics["mean_logit"]
         metrics["first_stage_recall@1"] = self.first_stage["recall@1"]
         metrics["first_stage_mrr"] = self.first_stage["mrr"]
         metrics["step"] = self.step
@@ -255,6 +307,9 @@ class RerankTuner(Tuner, kind="rerank", config_file=CONFIG_FILE):
             "dev_queries": len(self.dev_set.queries),
             "dev_candidates": len(self.dev_set.candidates),
         }
+
+    def describe_model(self, directory: Path) -> None:
+        mark_scores(directory, self.cfg.loss)
 
     def log_start(self) -> None:
         logger.info(

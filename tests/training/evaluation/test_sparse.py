@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from app_testing import build_checkpoint, serve_config
 from fastapi.testclient import TestClient
+from torch.nn.functional import normalize
 
 from app.main import create_app
 from training.data.pairs import retrieval_set
@@ -94,8 +95,10 @@ def test_bert_eval_retrieval_sparse_scores_dot_products_beside_tfidf(mlm, tmp_pa
     q = encoder.encode(rset.queries)
     c = encoder.encode(rset.candidates)
     expected = retrieval_metrics(q @ c.T, rset.targets)
+    unit = retrieval_metrics(normalize(q, dim=1) @ normalize(c, dim=1).T, rset.targets)
     for k in ("recall@1", "recall@10", "mrr"):
         assert out["ours"][k] == pytest.approx(expected[k], abs=1e-12)
+        assert out["cosine"][k] == pytest.approx(unit[k], abs=1e-12)
     assert out["active_dims"]["queries"] == pytest.approx(float((q > 0).sum(1).double().mean()))
     assert out["ratio_to_tfidf"]["mrr"] == pytest.approx(out["ours"]["mrr"] / out["tfidf"]["mrr"])
 

@@ -233,6 +233,9 @@ def test_the_loop_learns_a_toy_set_and_mined_negatives_are_never_positives(tmp_p
     losses = [r["train_loss"] for r in records if "train_loss" in r]
     assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:2])
     assert json.loads((result.best_dir / "eval.json").read_text())["mrr"] == result.best["mrr"]
+    # Each evaluation centred the scores on the dev pairs (a shift: the figures do not move).
+    again = tuner.evaluate()
+    assert abs(again["mean_logit"]) < 1e-4 and again["mrr"] == pytest.approx(after["mrr"])
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
@@ -255,6 +258,14 @@ def test_resume_continues_bit_for_bit(tmp_path):
     other = _tuner(tmp_path, tmp_path / "b", **{**run, "max_steps": 14})
     with pytest.raises(TrainConfigError, match="other data"):
         other.train(resume=True)
+
+
+def test_bce_rerankers_keep_the_sigmoid(tmp_path):
+    tuner = _tuner(tmp_path, tmp_path / "out", max_steps=4, eval_every=4, loss="bce")
+    result = tuner.train()
+    caps = load_checkpoint(result.best_dir, BertForMaskedLM).capabilities
+    assert (caps.score_activation, caps.cross_encoder) == ("sigmoid", True)
+    assert "score_shift" not in result.best  # BCE's logits are calibrated: not centred
 
 
 def test_config_refuses_what_a_reranker_cannot_use():
@@ -294,7 +305,9 @@ def test_the_output_is_a_reranker_with_transformers_and_cross_encoder_scores(tra
         trained, BertForMaskedLM, tokenizer_factory=WordPieceTokenizer.from_pretrained
     )
     caps = loaded.capabilities
-    assert caps.rerank and caps.labels == ("LABEL_0",) and caps.score_activation == "sigmoid"
+    # A listwise reranker's score is its logit: config.json says so, as CrossEncoder writes it.
+    assert caps.rerank and caps.labels == ("LABEL_0",) and caps.score_activation == "identity"
+    assert caps.cross_encoder
     config = json.loads((trained / "config.json").read_text())
     assert config["num_labels"] == 1
     assert config["architectures"] == ["RoFormerForSequenceClassification"]
@@ -319,8 +332,7 @@ def test_the_output_is_a_reranker_with_transformers_and_cross_encoder_scores(tra
         served = {x["index"]: x["score"] for x in r.json()}
         raw = client.post("/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True})
         served_raw = {x["index"]: x["score"] for x in raw.json()}
-    expected = torch.sigmoid(ours[:, 0])
-    np.testing.assert_allclose([served[i] for i in range(len(DOCS))], expected, atol=1e-5)
+    np.testing.assert_allclose([served[i] for i in range(len(DOCS))], ours[:, 0], atol=1e-5)
     np.testing.assert_allclose([served_raw[i] for i in range(len(DOCS))], ours[:, 0], atol=1e-5)
 
     st = pytest.importorskip("sentence_transformers")
