@@ -117,7 +117,8 @@ class PredictRequest(_Request):
     raw_scores: bool = Field(
         default=False,
         description="Answer the logits instead of scores (softmax probabilities; for a "
-        "one-label model the sigmoid of its logit).",
+        "one-label model its CrossEncoder score: the sigmoid of its logit unless the directory "
+        "names another activation).",
     )
     truncate: bool = Field(default=False, description="Cut inputs longer than the token limit.")
     truncation_direction: TruncationDirection = "right"

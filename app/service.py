@@ -423,12 +423,15 @@ class ServeState:
         ``inputs`` are texts, or sentence pairs (token type 1 for the second text; cut
         ``longest_first`` with ``truncate``). ``function`` turns logits into scores as the
         text-classification pipeline's ``function_to_apply`` does: "softmax" (probabilities),
-        "sigmoid" or "none" (the logits); None: sigmoid for a one-label model (a score, as TEI
-        and sentence-transformers give it; a softmax over one label is always 1), else softmax.
+        "sigmoid" or "none" (the logits); None: for a one-label model its score as
+        ``CrossEncoder.predict`` gives it (the directory's activation, sigmoid by default; a
+        softmax over one label is always 1), else softmax.
         """
         engine, encoded = await self._classify_inputs(inputs, truncate, direction, "longest_first")
+        caps = engine.capabilities
         if function is None:
-            function = "sigmoid" if len(engine.capabilities.labels) == 1 else "softmax"
+            one_label = score_function(caps.score_activation or "sigmoid")
+            function = one_label if len(caps.labels) == 1 else "softmax"
         if function not in SCORE_FUNCTIONS:
             raise InputValidationError(
                 f"function_to_apply must be one of {', '.join(SCORE_FUNCTIONS)}, got {function!r}"

@@ -2,8 +2,8 @@
 
 The benchmarks, one script each (``python -m bench.<name>``; ``bench.run_all`` runs them in turn,
 each in its own process): bench_tokenizer, bench_model, bench_train, bench_serve, bench_embed,
-bench_ui, bench_retrieval, bench_cloze, bench_finetune, bench_sop, and bench_recipes (the
-pretraining recipe sweep, run by hand).
+bench_ui, bench_retrieval, bench_rerank, bench_cloze, bench_finetune, bench_sop, and
+bench_recipes (the pretraining recipe sweep, run by hand).
 
 What they share, so that no benchmark imports another (tests/bench/test_bench_imports.py):
   common.py              paths, logging, the CPU record, results files, tables, arguments

@@ -14,6 +14,11 @@ rows (a query sharing no word with any definition) honest 1-in-1,330 guesses.
 * Each checkpoint (the default one, and every `--checkpoint NAME=DIR`): cosine of L2-normalised
   pooled embeddings, with the pooling its config.json records (else mean); the other pooling
   too, for reference (not with --quick). Ratios are ours / TF-IDF on the very same pairs.
+* Sparse: each checkpoint's SPLADE vectors from its MLM head, computed as the server's
+  /embed_sparse computes them (`training.evaluation.sparse`: max over the text's tokens of
+  log(1 + relu(logits)), [CLS]/[SEP] left out), scored by dot product; a row of its own beside
+  the dense one, with the vectors' mean number of active dimensions. The default's MLM was never
+  trained for SPLADE, and the row says what that gives.
 * MLM: validation masked-token accuracy of each checkpoint, exactly as `bert-eval` computes it
   (all rows of data/wordnet.valid.txt + data/pydocs.valid.txt, fixed masks, the checkpoint's
   own sequence length and masking settings: `training.evaluation.mlm.evaluate_checkpoint_mlm`). The
@@ -52,6 +57,7 @@ import yaml
 from bench.common import (
     CACHE,
     DEFAULT_CHECKPOINT,
+    RETRIEVAL_FILE,
     ROOT,
     TRAIN_FILES,
     VALID_FILES,
@@ -65,7 +71,6 @@ from bench.common import (
 )
 
 log = logging.getLogger(__name__)
-RETRIEVAL_FILE = VALID_FILES[0]  # wordnet: glosses with usage examples
 TINY_CONFIG = ROOT / "configs" / "bert_tiny.yaml"
 METRICS = ("recall@1", "recall@10", "mrr")
 TARGET_RATIO = 1.5  # issue 8: recall@1 >= 1.5x TF-IDF's
@@ -288,6 +293,7 @@ def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dic
     from tokenization import WordPieceTokenizer
     from training.evaluation.mlm import evaluate_checkpoint_mlm
     from training.evaluation.retrieval import checkpoint_pooling, evaluate_retrieval
+    from training.evaluation.sparse import evaluate_checkpoint_sparse_retrieval
 
     pooling = checkpoint_pooling(directory)
     model = BertForMaskedLM.from_pretrained(directory)
@@ -302,6 +308,9 @@ def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dic
         m = evaluate_retrieval(model, tokenizer, rset, pooling=p, max_length=max_length)
         by_pooling[p] = {k: m[k] for k in METRICS} | {"seconds": time.perf_counter() - t0}
     ours = by_pooling[pooling]
+    t0 = time.perf_counter()
+    sparse = evaluate_checkpoint_sparse_retrieval(directory, [str(RETRIEVAL_FILE)])
+    log.info("[%s] sparse %s (%.0f s)", name, sparse["ours"], time.perf_counter() - t0)
     t0 = time.perf_counter()
     mlm = evaluate_checkpoint_mlm(directory, [str(f) for f in VALID_FILES])
     log.info(
@@ -320,6 +329,9 @@ def bench_checkpoint(name: str, directory: Path, rset, tfidf: dict, args) -> dic
         "retrieval": {k: ours[k] for k in METRICS},
         "ratio_to_tfidf": {k: ours[k] / tfidf[k] if tfidf[k] else None for k in METRICS},
         "retrieval_by_pooling": by_pooling,
+        "sparse": {
+            k: sparse[k] for k in ("ours", "cosine", "ratio_to_tfidf", "active_dims", "pooling")
+        },
         "mlm": {k: mlm[k] for k in ("loss", "accuracy", "perplexity", "masked_tokens", "rows")},
         "cost": recorded_cost(directory),
     }
@@ -347,6 +359,18 @@ def markdown(report: dict[str, Any]) -> str:
                 "-" if cc["minutes"] is None else f"{cc['minutes']:.1f} min",
             ]
         )
+        sp = r["sparse"]
+        rows.append(
+            [
+                f"{r['name']}, sparse (SPLADE from its MLM head)",
+                f"splade {sp['pooling']}",
+                *(f"{sp['ours'][k]:.4f}" for k in METRICS),
+                ratio(sp["ratio_to_tfidf"]["recall@1"]),
+                "-",
+                "-",
+                "-",
+            ]
+        )
     header = ["system", "pooling", "recall@1", "recall@10", "MRR", "recall@1 / TF-IDF"]
     header += ["valid MLM acc", "training, all stages", "contrastive cost"]
     lines = [
@@ -358,6 +382,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for r in report["checkpoints"]:
         lines.append(f"- {r['name']}: contrastive cost: {r['contrastive_cost']['how']}")
+        dims = r["sparse"]["active_dims"]
+        lines.append(
+            f"  - sparse vectors: {dims['queries']:,.0f} active dimensions per query, "
+            f"{dims['candidates']:,.0f} per definition (dot product over them); scaled to unit "
+            f"length first: recall@1 {r['sparse']['cosine']['recall@1']:.4f}"
+        )
         for p, m in r["retrieval_by_pooling"].items():
             if p != r["pooling"]:
                 lines.append(f"  - with {p} pooling instead: recall@1 {m['recall@1']:.4f}")

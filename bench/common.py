@@ -3,7 +3,8 @@
     from bench.common import RESULTS, bench_parser, cpu_report, setup_logging, table_lines
 
 * ``ROOT``, ``DATA``, ``RESULTS`` (bench/results/), ``CACHE``, ``DEFAULT_CHECKPOINT``, the
-  bundled corpora ``TRAIN_FILES`` / ``VALID_FILES`` (wordnet, then pydocs), and the supersense
+  bundled corpora ``TRAIN_FILES`` / ``VALID_FILES`` (wordnet, then pydocs), ``RETRIEVAL_FILE``
+  (the valid glosses whose examples bench_retrieval and bench_rerank ask about), and the supersense
   task's ``SUPERSENSE_TRAIN`` / ``SUPERSENSE_VALID`` with ``supersense_sample`` (the --quick
   subset both fine-tuning benchmarks use).
 * ``setup_logging()``: the running benchmark's progress lines on stderr, bare (``log.info``), so
@@ -47,6 +48,7 @@ CACHE = ROOT / ".cache" / "bertserve"  # tokenized corpora, shared with bert-tra
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default"  # the model we ship
 TRAIN_FILES = (DATA / "wordnet.train.txt", DATA / "pydocs.train.txt")
 VALID_FILES = (DATA / "wordnet.valid.txt", DATA / "pydocs.valid.txt")
+RETRIEVAL_FILE = VALID_FILES[0]  # glosses with usage examples: the retrieval benchmarks' task
 SUPERSENSE_TRAIN = DATA / "wordnet-supersense.train.tsv"
 SUPERSENSE_VALID = DATA / "wordnet-supersense.valid.tsv"
 

@@ -347,6 +347,49 @@ def recipes_section(r: Result) -> list[str]:
     return out
 
 
+def rerank_section(r: Result) -> list[str]:
+    """bench_rerank: TF-IDF, the bi-encoder alone and its top-k reranked; /rerank latency."""
+    lat = r["latency"]
+    cmd = "python -m bench.bench_rerank" + (" --quick" if r.get("quick") else "")
+    machine = [
+        f"CPU flags {flags(r['cpu']['flags'])}",
+        f"{r['threads']} torch thread, server at {lat['server_threads']} thread ({lat['precision']})",
+        f"torch {r['torch']}",
+    ]
+    out = header("Reranking (`bench_rerank`)", cmd, machine)
+    systems = (
+        ("TF-IDF", r["tfidf"]),
+        ("bi-encoder alone (`checkpoints/default`)", r["retriever"]),
+        (f"bi-encoder top-{r['top_k']} + `checkpoints/reranker`", r["reranked"]),
+    )
+    rows = [
+        [
+            name,
+            num(m["recall@1"], 4),
+            num(m["recall@10"], 4),
+            num(m["mrr"], 4),
+            ratio(m["recall@1"] / r["retriever"]["recall@1"]),
+            ratio(m["recall@1"] / r["tfidf"]["recall@1"]),
+        ]
+        for name, m in systems
+    ]
+    head = ["system", "recall@1", "recall@10", "MRR", "recall@1 / bi-encoder", "/ TF-IDF"]
+    out += [
+        f"{num(r['queries'])} valid examples, each to find its definition among "
+        f"{num(r['candidates'])}; the top {r['top_k']} hold the answer for "
+        f"{pct(r['first_stage_recall'])} of them (the ceiling of any reranker at recall@1).",
+        "",
+        *table_lines(head, rows, "lrrrrr"),
+        "",
+        f"`POST /rerank` with {lat['documents']} documents, one query at a time "
+        f"({num(lat['requests'])} requests): p50 {num(lat['p50_ms'], 1)} ms, p99 "
+        f"{num(lat['p99_ms'], 1)} ms; served recall@1 {num(r['served']['recall@1'], 4)} "
+        f"(in process {num(r['served']['in_process_recall@1'], 4)}).",
+        "",
+    ]
+    return out
+
+
 def reliability_section(r: Result) -> list[str]:
     """make reliability: each test's figures, as the suite recorded them."""
     out = header(
@@ -367,6 +410,7 @@ def reliability_section(r: Result) -> list[str]:
 SECTIONS: dict[str, Callable[[Result], list[str]]] = {
     "bench_model": model_section,
     "bench_serve": serve_section,
+    "bench_rerank": rerank_section,
     "bench_cloze": cloze_section,
     "bench_finetune": finetune_section,
     "bench_sop": sop_section,

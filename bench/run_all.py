@@ -16,6 +16,7 @@ BENCHES = (
     "bench_train",
     "bench_serve",
     "bench_retrieval",
+    "bench_rerank",
     "bench_cloze",
     "bench_embed",
     "bench_ui",

@@ -78,6 +78,23 @@ TINY_TRAIN = {
 }
 
 
+# bert-finetune settings of a run of a few dozen steps (tests/training/finetune/).
+FINETUNE_QUICK = {
+    "batch_size": 8,
+    "lr": 2e-3,
+    "warmup_fraction": 0.1,
+    "log_every": 2,
+    "eval_batch_size": 32,
+    "max_length": 32,
+    "progress_bar": False,
+    "tensorboard": False,
+    "plot": False,
+    "precision": "fp32",
+    "device": "cpu",
+    "num_threads": 1,
+}
+
+
 def write_config(path: Path, model: dict | None = None, train: dict | None = None) -> Path:
     import yaml
 

@@ -5,13 +5,15 @@ Three formats, told apart by the file's suffix:
   ignored), then one example per line; fields may be quoted as the csv module writes them;
 - `.jsonl`: one JSON object per line with `label` and `text` keys (labels may be numbers: they
   are used by their string form).
+`read_columns` reads any named columns the same way (a reranker's `query` and `text` pairs).
 Every problem (a missing column, an empty text, an undecodable line) is a `LabelledDataError`
 naming the file and line, so a bad file fails before any training starts.
 
 `LabelSet` fixes the label order (sorted by name, so the same training file gives the same ids
 on every run) and `encode_examples` tokenizes texts into `TokenizedExamples`: a flat id array
 with per-example offsets, as compact as the pretraining cache. Deliberately not here: text pairs
-and multi-label rows (one text, one label per example).
+as classifier inputs (a reranker's pairs: data/rerank.py) and multi-label rows (one text, one
+label per example).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "TokenizedExamples",
     "class_weights",
     "encode_examples",
+    "read_columns",
     "read_labelled",
 ]
 
@@ -53,75 +56,95 @@ class Example:
 
 def read_labelled(path: str | Path) -> list[Example]:
     """The examples of a `.tsv`, `.csv` or `.jsonl` file (see the module docstring)."""
+    return [Example(label, text) for label, text in read_columns(path, ("label", "text"))]
+
+
+def read_columns(path: str | Path, columns: Sequence[str]) -> list[tuple[str, ...]]:
+    """One tuple per example of a `.tsv`, `.csv` or `.jsonl` file: its values of `columns`, in
+    that order, stripped and never empty.
+
+    Tables need a header naming every column (any order, other columns ignored); JSONL objects
+    need every key, with a string value, or an integer for any column but the last (a label
+    may be a number; the text may not). `read_columns(p, ("label", "text"))` is
+    `read_labelled`; a reranker's pairs are `("query", "text")`. Every problem is a
+    `LabelledDataError` naming the file and line.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise LabelledDataError(f"{path}: unknown format {suffix!r}; use one of {FORMATS}")
     try:
         if suffix == ".jsonl":
-            examples = _read_jsonl(path)
+            rows = _read_jsonl(path, tuple(columns))
         else:
-            examples = _read_table(path, path.read_text(encoding="utf-8"), suffix)
+            rows = _read_table(path, path.read_text(encoding="utf-8"), suffix, tuple(columns))
     except FileNotFoundError:
         raise LabelledDataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LabelledDataError(f"{path}: cannot read it as UTF-8 text ({e})") from None
-    if not examples:
+    if not rows:
         raise LabelledDataError(f"{path}: no examples")
-    return examples
+    return rows
 
 
-def _read_table(path: Path, text: str, suffix: str) -> list[Example]:
+def _read_table(
+    path: Path, text: str, suffix: str, columns: tuple[str, ...]
+) -> list[tuple[str, ...]]:
     # TSV: tabs separate and quotes are ordinary characters (glosses contain them); CSV quotes.
     quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
     reader = csv.reader(
         text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting
     )
+    wanted = " and ".join(repr(c) for c in columns)
     try:
         header = next(reader)
     except StopIteration:
         raise LabelledDataError(
-            f"{path}: empty file (expected a header with label and text)"
+            f"{path}: empty file (expected a header with {wanted})"
         ) from None
     names = [h.strip().lower() for h in header]
-    if "label" not in names or "text" not in names:
+    if any(c not in names for c in columns):
         raise LabelledDataError(
-            f"{path}:1: the header must name a 'label' and a 'text' column, got {header}"
+            f"{path}:1: the header must name a {' and a '.join(map(repr, columns))} column, "
+            f"got {header}"
         )
-    li, ti = names.index("label"), names.index("text")
+    index = [names.index(c) for c in columns]
     out = []
     for lineno, row in enumerate(reader, start=2):
         if not row:
             continue
-        if len(row) <= max(li, ti):
+        if len(row) <= max(index):
             raise LabelledDataError(
                 f"{path}:{lineno}: {len(row)} field(s), but the header has {len(header)}"
             )
-        out.append(_example(path, lineno, row[li], row[ti]))
+        out.append(_values(path, lineno, columns, [row[i] for i in index]))
     return out
 
 
-def _read_jsonl(path: Path) -> list[Example]:
+def _read_jsonl(path: Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
     out = []
     for lineno, obj in read_jsonl(path, error=LabelledDataError):
-        if not isinstance(obj, dict) or "label" not in obj or "text" not in obj:
-            raise LabelledDataError(f"{path}:{lineno}: expected an object with 'label' and 'text'")
-        label = obj["label"]
-        if isinstance(label, bool) or not isinstance(label, str | int):
-            raise LabelledDataError(f"{path}:{lineno}: label must be a string or an integer")
-        if not isinstance(obj["text"], str):
-            raise LabelledDataError(f"{path}:{lineno}: text must be a string")
-        out.append(_example(path, lineno, str(label), obj["text"]))
+        if not isinstance(obj, dict) or any(c not in obj for c in columns):
+            keys = " and ".join(repr(c) for c in columns)
+            raise LabelledDataError(f"{path}:{lineno}: expected an object with {keys}")
+        values = []
+        for i, c in enumerate(columns):
+            v = obj[c]
+            last = i == len(columns) - 1
+            if isinstance(v, bool) or not isinstance(v, str if last else str | int):
+                kind = "a string" if last else "a string or an integer"
+                raise LabelledDataError(f"{path}:{lineno}: {c} must be {kind}")
+            values.append(str(v))
+        out.append(_values(path, lineno, columns, values))
     return out
 
 
-def _example(path: Path, lineno: int, label: str, text: str) -> Example:
-    label, text = label.strip(), text.strip()
-    if not label:
-        raise LabelledDataError(f"{path}:{lineno}: empty label")
-    if not text:
-        raise LabelledDataError(f"{path}:{lineno}: empty text")
-    return Example(label, text)
+def _values(path: Path, lineno: int, columns: tuple[str, ...], values: list[str]) -> tuple[str, ...]:
+    stripped = tuple(v.strip() for v in values)
+    for c, v in zip(columns, stripped, strict=True):
+        if not v:
+            raise LabelledDataError(f"{path}:{lineno}: empty {c}")
+    return stripped
 
 
 @dataclass(frozen=True)

@@ -108,24 +108,44 @@ def retrieval_set(paths: Iterable[str | Path]) -> RetrievalSet:
     A definition shared by two glosses appears once, so a query is never marked wrong for
     finding an identical text under another gloss.
     """
+    return retrieval_set_of(example_definition_pairs(paths))
+
+
+def retrieval_set_of(pairs: Iterable[tuple[str, str]]) -> RetrievalSet:
+    """(query, relevant text) pairs as a `RetrievalSet`: one query per pair, the texts as
+    candidates, each distinct text once (in order of first appearance).
+
+    Example: [("q1", "a"), ("q2", "b"), ("q3", "a")] -> queries [q1, q2, q3], candidates
+    [a, b], targets [0, 1, 0].
+    """
     queries: list[str] = []
     candidates: list[str] = []
     targets: list[int] = []
     index: dict[str, int] = {}
-    for gloss in iter_glosses(paths):
-        if not gloss.examples:
-            continue
-        target = index.setdefault(gloss.definition, len(candidates))
+    for query, text in pairs:
+        target = index.setdefault(text, len(candidates))
         if target == len(candidates):
-            candidates.append(gloss.definition)
-        for example in gloss.examples:
-            queries.append(example)
-            targets.append(target)
+            candidates.append(text)
+        queries.append(query)
+        targets.append(target)
     return RetrievalSet(queries=queries, candidates=candidates, targets=targets)
 
 
-def _key(text: str) -> str:
+def text_key(text: str) -> str:
+    """What makes two sentences the same for the holdout: case and white space aside.
+
+    Example: "The  Cat sat." -> "the cat sat."
+    """
     return " ".join(text.lower().split())
+
+
+def holdout_keys(paths: Iterable[str | Path]) -> set[str]:
+    """`text_key` of every definition and example of the gloss files `paths`."""
+    held: set[str] = set()
+    for gloss in iter_glosses(paths):
+        held.add(text_key(gloss.definition))
+        held.update(text_key(e) for e in gloss.examples)
+    return held
 
 
 def training_pairs(
@@ -138,14 +158,11 @@ def training_pairs(
     equals (case- and whitespace-insensitively) any sentence of a holdout gloss, so nothing the
     retrieval benchmark asks about is ever trained on.
     """
-    held: set[str] = set()
-    for gloss in iter_glosses(holdout_paths):
-        held.add(_key(gloss.definition))
-        held.update(_key(e) for e in gloss.examples)
+    held = holdout_keys(holdout_paths)
     return [
         (ex, d)
         for ex, d in example_definition_pairs(train_paths)
-        if _key(ex) not in held and _key(d) not in held
+        if text_key(ex) not in held and text_key(d) not in held
     ]
 
 

@@ -5,6 +5,8 @@
     mlm.py             validation loss / accuracy / perplexity with fixed masks
     ngram.py           count-based cloze baselines (unigram, two-sided trigram)
     retrieval.py       example -> definition retrieval metrics of embeddings, TF-IDF baseline
+    rerank.py          a retriever's top-k reranked by a cross-encoder, on the same metrics
+    sparse.py          SPLADE vectors of a checkpoint's MLM head (as /embed_sparse), retrieval
     cli.py             `bert-eval`: a table of task runners over the modules above
 
 Deliberately not here: training of any kind, and downstream (GLUE-style) suites.

@@ -6,11 +6,17 @@
     {"task": "cloze", "items": 2000, "top1": ..., "top5": ..., "by_corpus": {...}, ...}
     bert-eval --task retrieval --checkpoint checkpoints/default --corpus data/wordnet.valid.txt
     {"task": "retrieval", "pooling": "mean", "ours": {"recall@1": ...}, "tfidf": {...}, ...}
+    bert-eval --task retrieval --sparse --checkpoint checkpoints/default --corpus ...
+    {"task": "retrieval", "system": "splade", "active_dims": {...}, "ours": {...}, ...}
+    bert-eval --task rerank --checkpoint checkpoints/reranker --retriever checkpoints/default \\
+        --corpus data/wordnet.valid.txt
+    {"task": "rerank", "tfidf": {...}, "retriever": {...}, "reranked": {...}, ...}
     bert-eval --task classify --checkpoint runs/supersense/best --corpus valid.tsv
 
 Each task is one row of `TASKS`: a runner from the parsed arguments to the JSON object printed,
 calling the `evaluate_checkpoint_*` function of the module that owns the metric (mlm.py,
-cloze.py, retrieval.py, classification.py; their docstrings say what the figures mean). Exit
+cloze.py, retrieval.py, sparse.py, rerank.py, classification.py; their docstrings say what the
+figures mean). Exit
 status 2 with one message for an unreadable checkpoint or corpus, 0 otherwise.
 
 Deliberately not here: any metric; settings the checkpoint already records (sequence length,
@@ -31,7 +37,9 @@ from model import POOLINGS
 from training.evaluation.classification import evaluate_checkpoint_classify, format_report
 from training.evaluation.cloze import evaluate_checkpoint_cloze
 from training.evaluation.mlm import evaluate_checkpoint_mlm
+from training.evaluation.rerank import evaluate_checkpoint_rerank
 from training.evaluation.retrieval import evaluate_checkpoint_retrieval
+from training.evaluation.sparse import evaluate_checkpoint_sparse_retrieval
 
 __all__ = ["TASKS", "Task", "build_parser", "main"]
 
@@ -62,12 +70,33 @@ def run_cloze(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
+    if args.sparse:
+        return evaluate_checkpoint_sparse_retrieval(
+            args.checkpoint,
+            args.corpus,
+            batch_size=args.batch_size,
+            max_seq_length=args.max_seq_length,
+            device=args.device,
+        )
     return evaluate_checkpoint_retrieval(
         args.checkpoint,
         args.corpus,
         pooling=args.pooling,
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length,
+        device=args.device,
+    )
+
+
+def run_rerank(args: argparse.Namespace) -> dict[str, Any]:
+    if args.retriever is None:
+        raise ValueError("--task rerank needs --retriever (the embedding model's checkpoint)")
+    return evaluate_checkpoint_rerank(
+        args.checkpoint,
+        args.corpus,
+        retriever=args.retriever,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
         device=args.device,
     )
 
@@ -98,8 +127,13 @@ TASKS: dict[str, Task] = {
     ),
     "retrieval": Task(
         run_retrieval,
-        "example->definition retrieval (recall@1/10, MRR) of the sentence embeddings beside a "
-        "TF-IDF baseline on the same pairs",
+        "example->definition retrieval (recall@1/10, MRR) of the sentence embeddings (with "
+        "--sparse: of the MLM head's SPLADE vectors) beside a TF-IDF baseline on the same pairs",
+    ),
+    "rerank": Task(
+        run_rerank,
+        "the same retrieval by --retriever's embeddings, its --top-k reranked by the checkpoint "
+        "(a cross-encoder), beside the retriever alone and TF-IDF",
     ),
     "cloze": Task(run_cloze, "whole-word fill-in-the-blank top-1/top-5 on the corpus's lines"),
     "classify": Task(
@@ -141,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="retrieval: sentence pooling (default: the checkpoint's, else mean)",
     )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="retrieval: SPLADE vectors from the MLM head (as /embed_sparse), dot product",
+    )
+    parser.add_argument(
+        "--retriever", type=Path, default=None, help="rerank: the embedding model's checkpoint"
+    )
+    parser.add_argument("--top-k", type=int, default=20, help="rerank: candidates reranked")
     parser.add_argument(
         "--confusion",
         type=Path,

@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import POOLINGS, BertForMaskedLM, load_checkpoint
+from model import POOLINGS, BertForMaskedLM, LoadedCheckpoint, load_checkpoint
 from model.layout import read_layout
 from tokenization import WordPieceTokenizer
 from training.data.pairs import RetrievalSet, retrieval_set
@@ -50,12 +51,56 @@ __all__ = [
     "embed_texts",
     "evaluate_checkpoint_retrieval",
     "evaluate_retrieval",
+    "evaluating",
+    "load_for_eval",
+    "pad_rows",
     "retrieval_metrics",
     "tfidf_retrieval",
     "tfidf_scores",
 ]
 
 _WORD = re.compile(r"\w+")
+
+
+def load_for_eval(checkpoint: str | Path, device: str = "cpu") -> LoadedCheckpoint:
+    """A checkpoint directory through the one loader, as the server reads it (model, tokenizer,
+    capabilities); ValueError for one without a tokenizer."""
+    loaded = load_checkpoint(
+        checkpoint,
+        BertForMaskedLM,
+        tokenizer_factory=WordPieceTokenizer.from_pretrained,
+        map_location=device,
+    )
+    if loaded.tokenizer is None:
+        raise ValueError(f"{checkpoint}: no tokenizer (vocab.txt or tokenizer.json)")
+    return loaded
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode under no_grad (dropout off: the same input always gives the same
+    output); its previous training mode is restored afterwards, also when the body fails."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (len(rows), longest) int64, of token id lists.
+
+    Example: [[2, 7, 3], [2, 3]], pad 0 -> ids [[2, 7, 3], [2, 3, 0]], mask [[1, 1, 1], [1, 1, 0]].
+    """
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[b, : len(r)] = 1
+    return ids, mask
 
 
 def embed_texts(
@@ -90,25 +135,14 @@ def embed_texts(
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
     out = torch.zeros(len(encodings), int(model.config.hidden_size), dtype=torch.float32)
     pad_id = int(tokenizer.pad_token_id)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                T = len(encodings[rows[-1]].ids)  # sorted: the last row is the longest
-                ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), T), dtype=torch.long)
-                for b, r in enumerate(rows):
-                    n = len(encodings[r].ids)
-                    ids[b, :n] = torch.tensor(encodings[r].ids, dtype=torch.long)
-                    mask[b, :n] = 1
-                vecs = model.embed(ids.to(device), mask.to(device), pooling=pooling).float()
-                if normalize:
-                    vecs = F.normalize(vecs, p=2.0, dim=-1)  # (B, H)
-                out[torch.tensor(rows)] = vecs.cpu()
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids, mask = pad_rows([encodings[r].ids for r in rows], pad_id)
+            vecs = model.embed(ids.to(device), mask.to(device), pooling=pooling).float()
+            if normalize:
+                vecs = F.normalize(vecs, p=2.0, dim=-1)  # (B, H)
+            out[torch.tensor(rows)] = vecs.cpu()
     return out
 
 
@@ -267,14 +301,7 @@ class CheckpointEmbedder:
         max_length: int | None = None,
         device: str = "cpu",
     ) -> CheckpointEmbedder:
-        loaded = load_checkpoint(
-            checkpoint,
-            BertForMaskedLM,
-            tokenizer_factory=WordPieceTokenizer.from_pretrained,
-            map_location=device,
-        )
-        if loaded.tokenizer is None:
-            raise ValueError(f"{checkpoint}: no tokenizer (vocab.txt or tokenizer.json)")
+        loaded = load_for_eval(checkpoint, device)
         caps = loaded.capabilities
         return cls(
             model=loaded.model,

@@ -1,8 +1,10 @@
 """Fine-tuning configuration: `FinetuneConfig` and its YAML + command-line loader.
 
 A recipe is a YAML file with one `finetune:` section of `FinetuneConfig` fields
-(`configs/finetune_supersense.yaml`); `bert-finetune` flags override it, and anything unknown is
-a `TrainConfigError` naming the key. Values are coerced and checked as every run's are
+(`configs/finetune_supersense.yaml`, `configs/finetune_reranker.yaml`); `bert-finetune` flags
+override it, and anything unknown is a `TrainConfigError` naming the key. `task` says what is
+trained: a text classifier (`classify`) or a reranker (`rerank`: a cross-encoder, with the
+settings of its negatives and its loss). Values are coerced and checked as every run's are
 (`training.run.options.RunConfig`, which holds the settings fine-tuning shares with
 pretraining).
 
@@ -22,7 +24,11 @@ import yaml
 from training.data.labelled import CLASS_WEIGHTINGS
 from training.run.options import RunConfig, TrainConfigError
 
-__all__ = ["FinetuneConfig", "load_finetune_config"]
+__all__ = ["RERANK_LOSSES", "TASKS", "FinetuneConfig", "load_finetune_config"]
+
+TASKS = ("classify", "rerank")
+# listwise: softmax cross-entropy over (positive, negatives) per query; bce: each pair alone.
+RERANK_LOSSES = ("listwise", "bce")
 
 
 @dataclass
@@ -32,6 +38,7 @@ class FinetuneConfig(RunConfig):
 
     section: ClassVar[str] = "finetune"
 
+    task: str = "classify"  # classify | rerank (a one-label cross-encoder over query/text pairs)
     # --- length of the run: the first limit reached ends it ---
     epochs: float | None = 3.0  # passes over the training file (the schedule's length)
     max_steps: int | None = None  # overrides epochs as the schedule's length
@@ -47,6 +54,18 @@ class FinetuneConfig(RunConfig):
     # Dropout of the whole model while fine-tuning (encoder and head: hidden_dropout_prob in
     # config.json, which transformers' classifier heads use too); None: the checkpoint's.
     dropout: float | None = None
+    # --- rerank: batch_size is queries per step, each with its positive and its negatives ---
+    loss: str = "listwise"  # listwise | bce (see training/finetune/reranker.py)
+    hard_negatives: int = 7  # per query and step, drawn from its mined candidates
+    mine_top_k: int = 30  # mined candidates per query: the embedding model's best non-positives
+    in_batch_negatives: int = 1  # other queries' positives of the batch, per query and step
+    # Weight of a second listwise term whose targets are the embedding model's softmax over each
+    # group (cosines / distill_temperature): every negative's rank is taught, not only the
+    # positive's. 0: labels alone.
+    distill_weight: float = 0.0
+    distill_temperature: float = 0.05  # the default checkpoint's contrastive temperature
+    dev_candidates: int = 800  # training candidates held out (with their queries) as a dev set
+    rerank_top_k: int = 20  # dev evaluation: the embedding model's top candidates reranked
     # --- evaluation, checkpoints, numerics: RunConfig's fields with fine-tuning's defaults ---
     eval_every: int = 0  # steps; 0 = once per epoch (and always at the end)
     eval_batch_size: int = 128
@@ -69,6 +88,21 @@ class FinetuneConfig(RunConfig):
                    self.class_weighting, f"one of {list(CLASS_WEIGHTINGS)}")  # fmt: skip
         if self.dropout is not None:
             self.check(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1) or null")
+        self.check(self.task in TASKS, "task", self.task, f"one of {list(TASKS)}")
+        self.check(self.loss in RERANK_LOSSES, "loss", self.loss, f"one of {list(RERANK_LOSSES)}")
+        for name in ("hard_negatives", "in_batch_negatives", "dev_candidates"):
+            self.check(getattr(self, name) >= 0, name, getattr(self, name), ">= 0")
+        self.check(self.distill_weight >= 0, "distill_weight", self.distill_weight, ">= 0")
+        self.check(self.distill_temperature > 0, "distill_temperature", self.distill_temperature,
+                   "> 0")  # fmt: skip
+        for name in ("mine_top_k", "rerank_top_k"):
+            self.check(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        if self.task == "rerank":
+            self.check(self.hard_negatives + self.in_batch_negatives >= 1, "hard_negatives",
+                       self.hard_negatives, "> 0 or in_batch_negatives > 0 (a query needs a "
+                       "negative)")  # fmt: skip
+            self.check(self.class_weighting == "none", "class_weighting", self.class_weighting,
+                       "'none' for a reranker (one label)")  # fmt: skip
 
 
 def load_finetune_config(

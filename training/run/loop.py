@@ -17,8 +17,8 @@ A run kind builds its model before `RunLoop.__init__` (which sets up AdamW, loss
 schedule and the checkpoint manager around it) and supplies `forward_backward` (its micro-batches
 and their backward passes), `after_step` and `finish` (when it evaluates and what it saves),
 `selection_loss` (what its best checkpoint minimises), `run_config` (the recipe and provenance
-saved beside the weights) and its part of the training state (`extra_state`,
-`load_extra_state`). The loop supplies the rest: the optimizer (no weight decay for biases and
+saved beside the weights), its part of the training state (`extra_state`,
+`load_extra_state`) and, if it must, `describe_model` (metadata beside the weights). The loop supplies the rest: the optimizer (no weight decay for biases and
 norms), gradient scaling (fp16 only), the non-finite guard, the stop request, atomic checkpoints
 whose training state (optimizer, scheduler, scaler, RNG states) makes a resume exact, the
 device, precision, metrics and progress bar.
@@ -166,6 +166,10 @@ class RunLoop(abc.ABC, Generic[ResultT]):
 
     def load_extra_state(self, state: dict[str, Any], checkpoint: Path) -> None:
         """Restore `extra_state` before the weights are loaded (may refuse the checkpoint)."""
+
+    def describe_model(self, directory: Path) -> None:
+        """Add to the model files just written into `directory` what only the run kind knows
+        (default: nothing; a reranker names its scores' activation in config.json)."""
 
     def step_model(self) -> torch.nn.Module:
         """The module the steps call (the pretrainer wraps it in torch.compile and DDP)."""
@@ -363,6 +367,7 @@ class RunLoop(abc.ABC, Generic[ResultT]):
 
             def write(tmp: Path) -> None:
                 self.model.save_pretrained(tmp)
+                self.describe_model(tmp)
                 self.tokenizer.save_pretrained(tmp)
                 if state is not None:
                     torch.save(state, tmp / STATE_FILE)

@@ -30,6 +30,7 @@ __all__ = [
     "StepStats",
     "plot_curves",
     "plot_finetune_curves",
+    "plot_rerank_curves",
     "pyplot",
     "read_metrics",
 ]
@@ -263,23 +264,57 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
 def plot_finetune_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     """A fine-tuning run's curves: train/valid loss (left), train/valid accuracy and valid
     macro-F1 (right)."""
+    return _two_panels(
+        metrics_path,
+        out_path,
+        [("train_loss", "train"), ("valid_loss", "valid")],
+        [
+            ("train_accuracy", "train accuracy"),
+            ("valid_accuracy", "valid accuracy"),
+            ("valid_macro_f1", "valid macro-F1"),
+        ],
+        titles=(("classification loss", "cross-entropy"), ("accuracy and macro-F1", "score")),
+    )
+
+
+def plot_rerank_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
+    """A reranker's curves: its training loss (left); the share of training groups it orders
+    right, and dev recall@1 and MRR beside the embedding model's alone (right)."""
+    return _two_panels(
+        metrics_path,
+        out_path,
+        [("train_loss", "train")],
+        [
+            ("train_accuracy", "train: positive first in its group"),
+            ("valid_recall@1", "dev recall@1, reranked"),
+            ("valid_mrr", "dev MRR, reranked"),
+            ("valid_first_stage_recall@1", "dev recall@1, embeddings alone"),
+            ("valid_first_stage_mrr", "dev MRR, embeddings alone"),
+        ],
+        titles=(("reranking loss", "loss"), ("ranking", "score")),
+    )
+
+
+def _two_panels(
+    metrics_path: str | Path,
+    out_path: str | Path,
+    left: list[tuple[str, str]],
+    right: list[tuple[str, str]],
+    *,
+    titles: tuple[tuple[str, str], tuple[str, str]],
+) -> Path:
+    """Two panels of (metrics key, legend label) series against the step."""
     plt = pyplot()
     records = read_metrics(metrics_path)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label, ax, colour in (
-        ("train_loss", "train", ax_loss, "C0"),
-        ("valid_loss", "valid", ax_loss, "C1"),
-        ("train_accuracy", "train accuracy", ax_acc, "C0"),
-        ("valid_accuracy", "valid accuracy", ax_acc, "C1"),
-        ("valid_macro_f1", "valid macro-F1", ax_acc, "C2"),
-    ):
-        steps, values = _series(records, key)
-        if steps:
-            marker = "o" if len(steps) < 30 else None
-            ax.plot(steps, values, label=label, color=colour, marker=marker)
-    ax_loss.set(title="classification loss", xlabel="step", ylabel="cross-entropy")
-    ax_acc.set(title="accuracy and macro-F1", xlabel="step", ylabel="score")
-    return _save(fig, (ax_loss, ax_acc), out_path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, series, (title, ylabel) in zip(axes, (left, right), titles, strict=True):
+        for colour, (key, label) in enumerate(series):
+            steps, values = _series(records, key)
+            if steps:
+                marker = "o" if len(steps) < 30 else None
+                ax.plot(steps, values, label=label, color=f"C{colour}", marker=marker)
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+    return _save(fig, tuple(axes), out_path)
 
 
 def _save(fig: Any, axes: tuple[Any, ...], out_path: str | Path) -> Path:

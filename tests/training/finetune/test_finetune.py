@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_testing import DATA, REPO, TINY_MODEL, tiny_tokenizer
+from train_testing import DATA, FINETUNE_QUICK, REPO, TINY_MODEL, tiny_tokenizer
 
 import model.bert
 from model import BertConfig, BertForMaskedLM
@@ -27,20 +27,7 @@ from training.run.loop import NonFiniteLossError
 from training.run.metrics import read_metrics
 from training.run.options import TrainConfigError
 
-QUICK = {
-    "batch_size": 8,
-    "lr": 2e-3,
-    "warmup_fraction": 0.1,
-    "log_every": 2,
-    "eval_batch_size": 32,
-    "max_length": 32,
-    "progress_bar": False,
-    "tensorboard": False,
-    "plot": False,
-    "precision": "fp32",
-    "device": "cpu",
-    "num_threads": 1,
-}
+QUICK = FINETUNE_QUICK
 
 
 def _pretrained(directory: Path, position: str = "rotary") -> Path:
