@@ -334,3 +334,22 @@ def test_prompts_and_dimensions_equal_sentence_transformers(dirs):
     with _client(dirs["bi"], default_prompt_name="title") as client:
         r = client.post("/embed", json={"inputs": "x"})
         assert "the server's default_prompt_name 'title'" in error_of(r, 422, "Validation")
+
+
+def test_the_shipped_reranker_scores_with_its_own_activation():
+    """checkpoints/reranker names an identity activation: /predict, /rerank and
+    CrossEncoder.predict all answer its logits."""
+    from sentence_transformers import CrossEncoder
+
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "reranker"
+    pairs = [(QUERY, d) for d in DOCS[:3]]
+    expected = CrossEncoder(str(shipped), device="cpu").predict(pairs)
+    with _client(shipped) as client:
+        caps = client.get("/info").json()["model"]["capabilities"]
+        assert caps["rerank"] and caps["score_activation"] == "identity"
+        ranked = client.post("/rerank", json={"query": QUERY, "texts": DOCS[:3]}).json()
+        predicted = client.post("/predict", json={"inputs": [list(p) for p in pairs]}).json()
+    by_index = {r["index"]: r["score"] for r in ranked}
+    np.testing.assert_allclose([by_index[i] for i in range(3)], expected, **TOL)
+    np.testing.assert_allclose([p[0]["score"] for p in predicted], expected, **TOL)
+    assert not all(0 < s < 1 for s in expected)  # logits, not sigmoid probabilities
