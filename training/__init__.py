@@ -15,6 +15,7 @@ Modules, in the order a run uses them:
     cloze.py          whole-word fill-in-the-blank items and scores (what /fill-mask users see)
     ngram.py          count-based cloze baselines (unigram, two-sided trigram)
     retrieval.py      example -> definition retrieval metrics, TF-IDF baseline
+    probe_set.py      writes app/probes.json, the serving precision gate's probe set
     metrics.py        metrics.jsonl, TensorBoard, curves.png
     cli.py            `bert-train`
 
