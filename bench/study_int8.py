@@ -221,7 +221,7 @@ def timing_batches(engine: Engine, n: int, seed: int = 0) -> list:
 def study(name: str, directory: Path, args: argparse.Namespace) -> dict:
     engine = load_engine(directory, precision="fp32")
     calibration = precisions.calibration_batches(engine)
-    reference = precisions.gate_run(engine, pairs=len(precisions.probe_set().queries))
+    reference = precisions.gate_run(engine)
     batches = timing_batches(engine, args.batches)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     levers = LEVERS[:6] if args.quick else LEVERS
