@@ -3,6 +3,7 @@ serving gate, and speed against fp32 of the same engine. The source of docs/prec
 
     python -m bench.study_int8 [--models default,mini,base] [--checkpoint NAME=DIR ...]
                                [--threads 1] [--rounds 5] [--batches 8] [--quick]
+    python -m bench.study_int8 --diagnose NAME=DIR      # where the error comes from
 
 Models: ``default`` (checkpoints/default), ``mini`` (all-MiniLM-L6-v2's shape: 6 x 384, 12 heads,
 1536) and ``base`` (BERT-base's: 12 x 768, 12 heads, 3072), the last two with random weights
@@ -24,7 +25,12 @@ recipe field turned on in turn (8-bit activations, SmoothQuant, per-token scales
 matmuls); bf16 (the same matmuls, native where the CPU has avx512_bf16); and static activation
 scales (calibrated per-tensor ranges, onednn's static int8 kernel: ``StaticInt8Linear`` below).
 
-Results: bench/results/study_int8.json and a markdown table per model on stdout.
+``--diagnose`` instead analyses one model's error with the same kernels and gate: activation
+ranges per matmul (outlier channels), each matmul kind alone in int8 (one scale per batch, per
+token, with SmoothQuant), each layer alone, and the weights' rounding alone.
+
+Results: bench/results/study_int8.json (``--diagnose``: study_int8_diagnosis.json) and markdown
+tables on stdout.
 Deliberately not here: ONNX Runtime and HTTP (bench/bench_precision.py), GPUs.
 """
 
@@ -271,6 +277,93 @@ def study(name: str, directory: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def diagnose(name: str, directory: Path) -> dict:
+    """Where plain int8's error comes from, with the real kernels: activation ranges per
+    matmul, each matmul kind alone in int8 (per-batch vs per-token scales, with and without
+    SmoothQuant), each layer alone in int8, and the weights' own rounding alone."""
+    engine = load_engine(directory, precision="fp32")
+    calibration = precisions.calibration_batches(engine)
+    reference = precisions.gate_run(engine)
+    ranges = q.activation_ranges(engine.model, calibration)
+
+    def gate(model: nn.Module) -> dict:
+        g = precisions.measure(engine, dataclasses.replace(engine, model=model), reference)
+        return {"min_cosine": round(g.min_cosine, 4), "recall_delta": round(g.recall_delta, 3)}
+
+    out: dict = {"model": name, "ranges": [], "kinds": {}, "layers": {}}
+    for (i, kind), amax in sorted(ranges.items()):
+        top = amax.topk(3)
+        out["ranges"].append(
+            {
+                "layer": i,
+                "matmul": kind,
+                "max": round(float(amax.max()), 2),
+                "median": round(float(amax.median()), 2),
+                "ratio": round(float(amax.max() / amax.median()), 1),
+                "top_channels": top.indices.tolist(),
+            }
+        )
+    for kind in q.MATMULS:
+        others = tuple(k for k in q.MATMULS if k != kind)
+        out["kinds"][kind] = {
+            label: gate(precisions.convert(engine.model, "int8", calibration=calibration, recipe=r))
+            for label, r in (
+                ("per-batch", R(smooth=(), per_token=(), keep=others, reduce_range=False)),
+                ("per-token", R(smooth=(), per_token=(kind,), keep=others, reduce_range=False)),
+                ("SQ + per-token", R(per_token=(kind,), keep=others, reduce_range=False)),
+            )
+        }
+    for label, recipe in (
+        ("per-batch", R(smooth=(), per_token=(), reduce_range=False)),
+        ("served recipe", R(reduce_range=False)),
+    ):
+        full = precisions.convert(engine.model, "int8", calibration=calibration, recipe=recipe)
+        for i in range(len(full.layers)):
+            one = copy.deepcopy(engine.model)
+            one.layers[i] = full.layers[i]
+            out["layers"].setdefault(str(i), {})[label] = gate(one)
+    weights_only = copy.deepcopy(engine.model)
+    for layer in weights_only.layers:
+        for parent, attr in q._matmuls(layer).values():
+            lin = getattr(parent, attr)
+            values, scales = q.Int8Linear(lin.weight, lin.bias).weight_int8()
+            with torch.no_grad():
+                lin.weight.copy_(values.float() * scales[:, None])
+    out["weights_only"] = gate(weights_only)
+    return out
+
+
+def diagnosis_markdown(d: dict) -> str:
+    lines = [
+        f"**{d['model']}: activation ranges** (max |x| per input channel over the calibration "
+        "text: the largest, the median channel's, their ratio, the top channels)",
+        "",
+        "| layer | matmul | max | median | ratio | top channels |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for r in d["ranges"]:
+        lines.append(
+            f"| {r['layer']} | {r['matmul']} | {r['max']} | {r['median']} | {r['ratio']} "
+            f"| {r['top_channels']} |"
+        )
+    lines += [
+        "",
+        "| only this matmul in int8 (all layers) | per-batch scale | per-token | SQ + per-token |",
+        "|---|---|---|---|",
+    ]
+    for kind, row in d["kinds"].items():
+        cells = [f"{v['min_cosine']:.4f} / {v['recall_delta']:+.3f}" for v in row.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "| only this layer in int8 | per-batch, no SQ | served recipe |", "|---|---|---|"]
+    for i, row in d["layers"].items():
+        cells = [f"{v['min_cosine']:.4f} / {v['recall_delta']:+.3f}" for v in row.values()]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    w = d["weights_only"]
+    lines += ["", f"Weights alone rounded to int8 (activations fp32): {w['min_cosine']:.4f} / "
+              f"{w['recall_delta']:+.3f} (min cosine / recall@10 delta)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"**{result['model']}** ({result['shape']}, {result['tokens_per_batch']} tokens per "
@@ -304,11 +397,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="first levers only, 2 rounds")
+    parser.add_argument(
+        "--diagnose", metavar="NAME", help="only the error analysis, of this model (NAME=DIR ok)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.batches = 2, 2
     torch.set_num_threads(args.threads)
+    if args.diagnose:
+        name, _, path = args.diagnose.partition("=")
+        d = diagnose(name, DEFAULT if name == "default" and not path else Path(path))
+        print(diagnosis_markdown(d))
+        out = args.out.with_name(args.out.stem + "_diagnosis.json")
+        out.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         models: list[tuple[str, Path]] = []
