@@ -106,11 +106,14 @@ def choose_precision(engine: Engine, requested: str) -> Engine:
         tried = {requested: precisions.unavailable(requested, device)}
     report["candidates"] = {p: {"not_tried": why} for p, why in tried.items() if why is not None}
     candidates: dict[str, Engine] = {}
+    convert_seconds: dict[str, float] = {}
     for p, why in tried.items():
         if why is None:
+            t1 = time.perf_counter()
             calibration = precisions.calibration_batches(engine) if p == "int8" else ()
             model = precisions.convert(engine.model, p, calibration=calibration)
             candidates[p] = dataclasses.replace(engine, model=model, precision=p)
+            convert_seconds[p] = round(time.perf_counter() - t1, 3)
     if not candidates:
         engine.precision_report = {**report, "reason": _fp32_because(requested, report)}
         return engine
@@ -118,7 +121,11 @@ def choose_precision(engine: Engine, requested: str) -> Engine:
     report["gate_reference_seconds"] = round(answers.seconds, 3)
     gates = {p: precisions.measure(engine, c, answers) for p, c in candidates.items()}
     for p in candidates:
-        report["candidates"][p] = {"gate": gates[p].as_dict(), **precisions.describe(p)}
+        report["candidates"][p] = {
+            "gate": gates[p].as_dict(),
+            "convert_seconds": convert_seconds[p],
+            **precisions.describe(p),
+        }
     passed = {p: c for p, c in candidates.items() if gates[p].passed}
     speedup: dict[str, float] = {}
     if passed:
