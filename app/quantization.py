@@ -3,11 +3,12 @@ the answers stay within the accuracy gate (``app.precision``) while the matrices
 rate (VNNI: ~3.5x the fp32 rate on the shapes of a MiniLM or a BERT-base).
 
 Where the error of plain dynamic int8 comes from (docs/precision.md has the measurements, per
-matmul and per layer, on the real all-MiniLM-L6-v2): not the weights (per-output-channel int8
-weights cost next to nothing), but activations quantized with one scale for a whole batch.
+matmul and per layer, on the real all-MiniLM-L6-v2): mostly activations quantized with one scale
+for a whole batch (plain per-channel int8: min cosine 0.974 on the gate's probes; the weights'
+rounding alone: 0.998).
 
 * The inputs of ``qkv`` and FFN ``up`` are LayerNorm outputs with a few outlier *channels*
-  (e.g. 99, 63, 223 of all-MiniLM, 14x the median channel's range): one scale for the tensor
+  (99, 63, 223 in every layer of all-MiniLM, 15-19x the median channel): one scale for the tensor
   leaves the other channels a handful of levels. SmoothQuant (Xiao et al., 2023) divides each
   input channel by ``s = amax_x^alpha / amax_w^(1-alpha)`` and multiplies the weight's matching
   column by ``s``: the product is unchanged, the activation is flat, and the weight (quantized
@@ -22,15 +23,16 @@ weights cost next to nothing), but activations quantized with one scale for a wh
   cannot fold here (GELU is in between) and, measured, does not help.
 * Per-token scales help the other three as well, less dramatically: with them, the error left
   on all-MiniLM is the weights' own rounding and spread thinly over every matmul (keeping any
-  single one in fp32 moves the min cosine by < 0.001), so every matmul of every layer is int8.
+  single one in fp32 moves the min cosine by about 0.001), so every matmul of every layer is int8.
 
 Kernels: ``torch.ops.quantized.linear_dynamic`` on weights prepacked for torch's ``x86``
 engine (fbgemm), with ``reduce_range=False`` where the CPU has VNNI / AMX
 (``model.hardware.int8_dot_cpu``): torch.ao's dynamic Linear hard-codes ``reduce_range=True``
 (7-bit activations), which is needed only on CPUs without VNNI, whose ``vpmaddubsw`` would
 saturate int16 sums of 8-bit products; without VNNI this module keeps 7 bits too, and the gate
-decides whether that is accurate enough. ``onednn`` kernels are as fast on a fixed shape but
-build a primitive for every new number of tokens (a serving batch's), so ``x86`` it is.
+decides whether that is accurate enough. ``onednn`` kernels are 5-10% faster on a repeated
+shape but build a primitive for every new number of tokens (each serving batch's), which costs
+more than that, so ``x86`` it is.
 
 Deliberately not here: static activation scales (calibrated per-tensor ranges lose to dynamic
 ones on every model measured), int8 attention (softmax and the score products stay fp32: short
