@@ -85,44 +85,63 @@ def load_engine(
 def choose_precision(engine: Engine, requested: str) -> Engine:
     """The fp32 ``engine``, or a copy of it in the precision chosen for ``requested``.
 
-    ``fp32`` is taken as is. A configured ``bf16`` / ``int8`` serves if it can run here and
-    passes its accuracy gate, whatever its speed (a warning says when it is slower than fp32).
-    ``auto`` times fp32 and each candidate (``app.precision.auto_candidates``) on representative
-    batches and serves the fastest one that is ``MIN_SPEEDUP`` times as fast as fp32 and passes
-    its gate; else fp32. ``precision_report`` (``/info``) holds the timings, gates and reason.
+    ``fp32`` is taken as is. Every candidate (``auto``: ``app.precision.auto_candidates``; else
+    the one configured) is converted (int8 calibrated on the probe set's calibration text) and
+    gated against fp32's answers on the probe set; those that pass are timed against fp32 on
+    representative batches. A configured ``bf16`` / ``int8`` serves if it passes, whatever its
+    speed (a warning says when it is slower than fp32); ``auto`` serves the fastest candidate
+    that passes and is ``MIN_SPEEDUP`` times as fast as fp32, else fp32. ``precision_report``
+    (``/info``) holds the gates, timings, the reason and what the precision choice cost.
     """
     precisions.check_precision(requested)
     report: dict[str, Any] = {"requested": requested, "reason": "configured", "gate": None}
     if requested == "fp32":
         engine.precision_report = report
         return engine
+    t0 = time.perf_counter()
     device = engine.model.device
     if requested == "auto":
         tried = precisions.auto_candidates(device)
     else:
         tried = {requested: precisions.unavailable(requested, device)}
-    candidates = {
-        p: dataclasses.replace(engine, model=precisions.convert(engine.model, p), precision=p)
-        for p, why in tried.items()
-        if why is None
-    }
     report["candidates"] = {p: {"not_tried": why} for p, why in tried.items() if why is not None}
+    candidates: dict[str, Engine] = {}
+    convert_seconds: dict[str, float] = {}
+    for p, why in tried.items():
+        if why is None:
+            t1 = time.perf_counter()
+            calibration = precisions.calibration_batches(engine) if p == "int8" else ()
+            model = precisions.convert(engine.model, p, calibration=calibration)
+            candidates[p] = dataclasses.replace(engine, model=model, precision=p)
+            convert_seconds[p] = round(time.perf_counter() - t1, 3)
     if not candidates:
         engine.precision_report = {**report, "reason": _fp32_because(requested, report)}
         return engine
-    seconds = precisions.time_engines({"fp32": engine, **candidates})
-    report["fp32_ms"] = round(seconds["fp32"] * 1000, 3)
-    speedup, gates = {}, {}
-    for p, candidate in candidates.items():
-        speedup[p] = seconds["fp32"] / seconds[p]
-        gates[p] = precisions.measure(engine, candidate)
+    answers = precisions.gate_run(engine)
+    report["gate_reference_seconds"] = round(answers.seconds, 3)
+    gates = {p: precisions.measure(engine, c, answers) for p, c in candidates.items()}
+    for p in candidates:
         report["candidates"][p] = {
-            "ms": round(seconds[p] * 1000, 3),
-            "speedup": round(speedup[p], 3),
             "gate": gates[p].as_dict(),
+            "convert_seconds": convert_seconds[p],
+            **precisions.describe(p),
         }
+    passed = {p: c for p, c in candidates.items() if gates[p].passed}
+    speedup: dict[str, float] = {}
+    if passed:
+        gate_seconds = {"fp32": answers.seconds, **{p: gates[p].seconds for p in passed}}
+        seconds = precisions.time_engines(
+            {"fp32": engine, **passed}, warm=True, gate_seconds=gate_seconds
+        )
+        report["fp32_ms"] = round(seconds["fp32"] * 1000, 3)
+        for p in passed:
+            speedup[p] = seconds["fp32"] / seconds[p]
+            report["candidates"][p].update(
+                ms=round(seconds[p] * 1000, 3), speedup=round(speedup[p], 3)
+            )
+    report["choice_seconds"] = round(time.perf_counter() - t0, 3)
     if requested == "auto":
-        good = [p for p in candidates if gates[p].passed and speedup[p] >= precisions.MIN_SPEEDUP]
+        good = [p for p in passed if speedup[p] >= precisions.MIN_SPEEDUP]
         if not good:
             engine.precision_report = {**report, "reason": _fp32_because(requested, report)}
             return engine
@@ -133,7 +152,7 @@ def choose_precision(engine: Engine, requested: str) -> Engine:
         )
     else:
         chosen = requested
-        if not gates[chosen].passed:
+        if chosen not in passed:
             logger.warning(
                 "%s in %s fails its accuracy gate against fp32 (%s); serving fp32",
                 engine.path,
@@ -141,7 +160,10 @@ def choose_precision(engine: Engine, requested: str) -> Engine:
                 gates[chosen].as_dict(),
             )
             report["gate"] = gates[chosen].as_dict()
-            engine.precision_report = {**report, "reason": f"{chosen} failed the accuracy gate"}
+            engine.precision_report = {
+                **report,
+                "reason": f"{chosen} failed the accuracy gate{_failed_checks(report['gate'])}",
+            }
             return engine
         reason = f"configured ({speedup[chosen]:.2f}x fp32's speed here)"
         if speedup[chosen] < 1.0:
@@ -163,7 +185,21 @@ def _fp32_because(requested: str, report: dict[str, Any]) -> str:
         if "not_tried" in c:
             why.append(f"{p} {c['not_tried']}")
         elif not c["gate"]["passed"]:
-            why.append(f"{p} fails its accuracy gate")
+            why.append(f"{p} fails its accuracy gate{_failed_checks(c['gate'])}")
         else:
             why.append(f"{p} is {c['speedup']:.2f}x fp32 (below {precisions.MIN_SPEEDUP}x)")
     return f"{requested}: fp32, as " + "; ".join(why)
+
+
+def _failed_checks(gate: dict[str, Any]) -> str:
+    """Which of a gate's checks failed, as " (min_cosine 0.9812 < 0.995, ...)"."""
+    limits = gate["thresholds"]
+    failed = [
+        f"{name} {gate[name]} < {limits[name]}"
+        for name in ("min_cosine", "top5_overlap", "top1_agreement", "label_agreement")
+        if gate[name] is not None and gate[name] < limits[name]
+    ]
+    delta = gate["recall_delta"]
+    if delta is not None and abs(delta) > limits["max_recall_delta"] + 1e-9:
+        failed.append(f"recall@10 moved {delta:+.4f}")
+    return f" ({', '.join(failed)})" if failed else ""

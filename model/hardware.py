@@ -1,8 +1,11 @@
-"""What this CPU can do fast: its feature flags, and whether it multiplies bf16 natively.
+"""What this CPU can do fast: its feature flags, whether it multiplies bf16 natively, and
+whether it has int8 dot-product instructions (VNNI).
 
-Shared by training (``precision: auto``), serving (``app.precision``) and the benchmarks (which
-record ``REPORTED_FLAGS`` and the CPU's model name beside their figures): on CPUs without native
-bf16 (AVX2 only) bf16 matrix multiplies are emulated and several times slower than fp32.
+Shared by training (``precision: auto``), serving (``app.precision``, ``app.quantization``) and
+the benchmarks (which record ``REPORTED_FLAGS`` and the CPU's model name beside their figures):
+on CPUs without native bf16 (AVX2 only) bf16 matrix multiplies are emulated and several times
+slower than fp32; on CPUs without VNNI, int8 kernels multiply u8 x s8 pairs with ``vpmaddubsw``,
+whose int16 sums saturate unless activations are kept to 7 bits (torch's ``reduce_range``).
 Deliberately not here: GPUs (torch.cuda answers for those) and non-Linux systems (no
 /proc/cpuinfo: no flags, so no native bf16 is assumed, and no model name).
 """
@@ -25,6 +28,8 @@ REPORTED_FLAGS = (
     "amx_int8",
     "avx_vnni",
 )
+# Instructions that accumulate u8 x s8 products straight into int32 (no int16 intermediate).
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @functools.cache
@@ -56,3 +61,11 @@ def cpu_model_name() -> str | None:
 def native_bf16_cpu() -> bool:
     """True if this CPU multiplies bf16 natively (``avx512_bf16`` or AMX)."""
     return bool((cpu_flags() or frozenset()) & NATIVE_BF16_FLAGS)
+
+
+def int8_dot_cpu() -> bool:
+    """True if this CPU multiplies int8 into int32 without saturating (VNNI or AMX).
+
+    Example: flags ``avx2 avx512f avx512_vnni`` -> True; ``avx2 fma`` -> False.
+    """
+    return bool((cpu_flags() or frozenset()) & INT8_DOT_FLAGS)

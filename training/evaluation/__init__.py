@@ -7,6 +7,7 @@
     retrieval.py       example -> definition retrieval metrics of embeddings, TF-IDF baseline
     rerank.py          a retriever's top-k reranked by a cross-encoder, on the same metrics
     sparse.py          SPLADE vectors of a checkpoint's MLM head (as /embed_sparse), retrieval
+    probe_set.py       writes app/probes.json, the serving precision gate's probe set
     cli.py             `bert-eval`: a table of task runners over the modules above
 
 Deliberately not here: training of any kind, and downstream (GLUE-style) suites.
