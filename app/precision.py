@@ -18,7 +18,10 @@ and, for ``auto``, only where it is measured faster.
     - fill-mask top-5 sets overlap by >= ``MIN_TOP5_OVERLAP`` on average and top-1 agrees on
       >= ``MIN_TOP1_AGREEMENT`` of the masks (MLM models);
     - the top label agrees on >= ``MIN_LABEL_AGREEMENT`` of the inputs (classifiers: the
-      sentences, long inputs and retrieval queries).
+      sentences, long inputs and retrieval queries);
+    - a reranker (one label, where the top label always agrees) keeps each probe query's best
+      document (>= ``MIN_TOP1_AGREEMENT``) and the order of its documents' pairs
+      (>= ``MIN_PAIR_ORDER``), over ``RERANK_QUERIES`` x ``RERANK_DOCUMENTS`` scored pairs.
   fp32's answers are computed once per load (``gate_run``); the set is the same for every
   model, so a gate means the same thing on each (its cost grows with the model: see
   docs/precision.md).
@@ -71,6 +74,12 @@ MAX_RECALL_DELTA = 0.01  # recall@10 may move by at most 1 point, either way
 MIN_TOP5_OVERLAP = 0.95
 MIN_TOP1_AGREEMENT = 0.97
 MIN_LABEL_AGREEMENT = 0.99
+# A reranker (one label: argmax over one label always agrees) is gated on its rankings instead:
+# RERANK_QUERIES probe queries, each scored against RERANK_DOCUMENTS documents (its own and
+# others), must keep the same best document (MIN_TOP1_AGREEMENT) and the order of their
+# document pairs (MIN_PAIR_ORDER).
+RERANK_QUERIES, RERANK_DOCUMENTS = 40, 6
+MIN_PAIR_ORDER = 0.97
 # auto takes a reduced precision only when it is clearly faster: below this, timing noise and
 # the answers' small deltas are not worth it.
 MIN_SPEEDUP = 1.2
@@ -126,7 +135,9 @@ class GateReport:
     reference_recall: float | None = None  # fp32's
     top5_overlap: float | None = None  # None without an MLM head
     top1_agreement: float | None = None
-    label_agreement: float | None = None  # None without a classifier
+    label_agreement: float | None = None  # None without a classifier (or for a reranker)
+    rerank_top1: float | None = None  # a reranker's best document unchanged, per query
+    rerank_pair_order: float | None = None  # a reranker's document pairs in the same order
     retrieval_pairs: int = 0
     seconds: float = 0.0  # the candidate's gate run
 
@@ -145,6 +156,8 @@ class GateReport:
             and (self.top5_overlap is None or self.top5_overlap >= MIN_TOP5_OVERLAP)
             and (self.top1_agreement is None or self.top1_agreement >= MIN_TOP1_AGREEMENT)
             and (self.label_agreement is None or self.label_agreement >= MIN_LABEL_AGREEMENT)
+            and (self.rerank_top1 is None or self.rerank_top1 >= MIN_TOP1_AGREEMENT)
+            and (self.rerank_pair_order is None or self.rerank_pair_order >= MIN_PAIR_ORDER)
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -160,6 +173,8 @@ class GateReport:
             "top5_overlap": r(self.top5_overlap),
             "top1_agreement": r(self.top1_agreement),
             "label_agreement": r(self.label_agreement),
+            "rerank_top1": r(self.rerank_top1),
+            "rerank_pair_order": r(self.rerank_pair_order),
             "seconds": round(self.seconds, 3),
             "thresholds": {
                 "min_cosine": MIN_COSINE,
@@ -167,6 +182,8 @@ class GateReport:
                 "top5_overlap": MIN_TOP5_OVERLAP,
                 "top1_agreement": MIN_TOP1_AGREEMENT,
                 "label_agreement": MIN_LABEL_AGREEMENT,
+                "rerank_top1": MIN_TOP1_AGREEMENT,
+                "rerank_pair_order": MIN_PAIR_ORDER,
             },
             "passed": self.passed,
         }
@@ -316,11 +333,36 @@ def _core_jobs(engine: Engine) -> list[Job]:
     if engine.can_fill_mask:
         masked = engine.encode_fill_mask(list(probes.masked) + list(probes.long), truncate=True)
         jobs.append(FillMaskJob(inputs=masked, top_k=5))
-    if engine.can_classify:
+    if engine.capabilities.rerank:
+        pairs = rerank_pairs()
+        encoded = engine.encode_pairs(pairs, truncate=True, strategy="only_second")
+        jobs.append(ClassifyJob(inputs=encoded, function="none"))
+    elif engine.can_classify:
         # With the retrieval queries too: 250 inputs, so that one label in a hundred is visible.
         more = texts + list(probes.queries)
         jobs.append(ClassifyJob(inputs=engine.encode_many(more, truncate=True) + long))
     return jobs
+
+
+def rerank_pairs() -> list[tuple[str, str]]:
+    """RERANK_QUERIES probe queries, each with RERANK_DOCUMENTS documents (its own first, then
+    others spread over the set), as (query, document) pairs in query order."""
+    probes = probe_set()
+    n = len(probes.documents)
+    return [
+        (probes.queries[i], probes.documents[(i + 7 * j) % n])
+        for i in range(RERANK_QUERIES)
+        for j in range(RERANK_DOCUMENTS)
+    ]
+
+
+def ranking_agreement(want: Tensor, got: Tensor) -> tuple[float, float]:
+    """(best document unchanged, document pairs kept in order), each a fraction, for score
+    matrices (Q, D). Example: [[3, 2, 1]] vs [[3, 1, 2]] -> (1.0, 2/3)."""
+    top1 = float((want.argmax(dim=1) == got.argmax(dim=1)).double().mean())
+    i, j = torch.triu_indices(want.shape[1], want.shape[1], offset=1)
+    same = torch.sign(want[:, i] - want[:, j]) == torch.sign(got[:, i] - got[:, j])  # (Q, pairs)
+    return top1, float(same.double().mean())
 
 
 def _retrieval_job(engine: Engine) -> EmbedJob:
@@ -377,8 +419,13 @@ def measure(reference: Engine, candidate: Engine, answers: GateAnswers | None = 
     cosines.append(F.cosine_similarity(a, b, dim=-1))
     n = want.pairs
     ref_recall, recall = recall_at_k(a[:n], a[n:]), recall_at_k(b[:n], b[n:])
-    top5 = top1 = labels = None
+    top5 = top1 = labels = rerank_top1 = pair_order = None
     for w, g in zip(want.core[1:], got.core[1:], strict=True):
+        if reference.capabilities.rerank and not isinstance(w[0][0], list):  # one score a pair
+            shape = (RERANK_QUERIES, RERANK_DOCUMENTS)
+            a_s, b_s = (torch.tensor([row[0] for row in x]).view(shape) for x in (w, g))
+            rerank_top1, pair_order = ranking_agreement(a_s, b_s)
+            continue
         if w and isinstance(w[0][0], list):  # fill-mask: per input, per mask, (id, p) best first
             masks = [
                 (wm, gm) for wi, gi in zip(w, g, strict=True) for wm, gm in zip(wi, gi, strict=True)
@@ -400,6 +447,8 @@ def measure(reference: Engine, candidate: Engine, answers: GateAnswers | None = 
         top5_overlap=top5,
         top1_agreement=top1,
         label_agreement=labels,
+        rerank_top1=rerank_top1,
+        rerank_pair_order=pair_order,
         retrieval_pairs=want.pairs,
         seconds=got.seconds,
     )

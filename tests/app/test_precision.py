@@ -358,3 +358,28 @@ def test_a_cpu_without_vnni_or_bf16_says_what_it_serves_and_why(monkeypatch):
     else:
         assert engine.precision == "fp32"
         assert "int8 fails its accuracy gate (" in report["reason"], report["reason"]
+
+
+def test_ranking_agreement_known_answers():
+    want = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0]])
+    assert precisions.ranking_agreement(want, want) == (1.0, 1.0)
+    # Row 0 keeps its best but swaps its last two; row 1 loses its best.
+    got = torch.tensor([[3.0, 1.0, 2.0], [0.0, 2.0, 1.0]])
+    top1, order = precisions.ranking_agreement(want, got)
+    assert top1 == 0.5 and order == pytest.approx(4 / 6)
+
+
+def test_a_reranker_is_gated_on_its_rankings_not_on_one_label():
+    """A one-label head's argmax always agrees, so a reranker's gate compares rankings of probe
+    documents per query; a conversion that scrambles the scores fails it."""
+    shipped = DEFAULT.parent / "reranker"
+    fp32 = load_engine(shipped)
+    same = precisions.measure(fp32, fp32)
+    assert same.label_agreement is None
+    assert same.rerank_top1 == 1.0 and same.rerank_pair_order == 1.0 and same.passed
+    scrambled = copy.deepcopy(fp32.model)
+    with torch.no_grad():
+        scrambled.classifier.out.weight.mul_(-1.0)  # every ranking reversed
+    report = precisions.measure(fp32, dataclasses.replace(fp32, model=scrambled))
+    assert report.rerank_top1 < 0.5 and report.rerank_pair_order < 0.5 and not report.passed
+    assert report.as_dict()["thresholds"]["rerank_pair_order"] == precisions.MIN_PAIR_ORDER
