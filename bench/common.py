@@ -6,13 +6,17 @@
   bundled corpora ``TRAIN_FILES`` / ``VALID_FILES`` (wordnet, then pydocs), ``RETRIEVAL_FILE``
   (the valid glosses whose examples bench_retrieval and bench_rerank ask about), and the supersense
   task's ``SUPERSENSE_TRAIN`` / ``SUPERSENSE_VALID`` with ``supersense_sample`` (the --quick
-  subset both fine-tuning benchmarks use).
+  subset both fine-tuning benchmarks use); ``gloss_batches(n)``, batches of 32 held-out WordNet
+  glosses, lemmas dropped (the workload the precision benchmarks time).
+* ``best_of_rounds(runs, rounds)``: each of several systems timed in turn, round by round in a
+  shuffled order (a burst of load elsewhere slows all of them), best round kept.
 * ``setup_logging()``: the running benchmark's progress lines on stderr, bare (``log.info``), so
   that stdout holds only its tables.
 * ``cpu_report()``: one record of the machine a figure was measured on, built on
   ``model.hardware`` (its ``REPORTED_FLAGS`` and model name); each benchmark stores the fields it
   always stored (``summary`` ``"avx2 avx512f"``, ``present`` ``["avx2", "avx512f"]``, ``flags``
-  ``{"avx2": True, ...}``, ``machine``, ``platform``, ``cpus``).
+  ``{"avx2": True, ...}``, ``machine``, ``platform``, ``cpus``); ``machine_fields(threads)``, the
+  record the precision benchmarks open their results with (machine, present flags, torch, threads).
 * ``write_results(path, report)``: indented JSON, written atomically (``atomicio``), so that an
   interrupted run never leaves half a results file where the previous one was.
 * ``table_lines(header, rows, align)`` and ``ratio(x)``: markdown tables that put each system's
@@ -33,8 +37,10 @@ import json
 import logging
 import os
 import platform
+import random
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +89,38 @@ def supersense_sample(work: Path, n: int = 4000) -> tuple[Path, Path]:
     train.write_text("\n".join([header, *sample]) + "\n", encoding="utf-8")
     val.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
     return train, val
+
+
+def gloss_batches(n_batches: int, seed: int = 0, size: int = 32) -> list[list[str]]:
+    """``n_batches`` batches of ``size`` glosses sampled (seeded) from the valid WordNet split,
+    the lemmas dropped: ``"accomplishment, achievement: the action of accomplishing something."``
+    -> ``"the action of accomplishing something."``."""
+    lines = RETRIEVAL_FILE.read_text(encoding="utf-8").splitlines()
+    sample = random.Random(seed).sample(lines, size * n_batches)
+    texts = [line.partition(": ")[2] or line for line in sample]
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
+def best_of_rounds(
+    runs: Mapping[str, Callable[[], object]],
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """The best time (``clock`` seconds) of each run over ``rounds`` rounds, after one warm-up
+    run each; every round runs all of them once, in a new random order, so that a neighbour's
+    burst of load falls on all systems alike rather than on whichever ran then.
+    ``clock=time.thread_time`` times one thread's CPU (steadier on a shared machine)."""
+    for run in runs.values():
+        run()  # warm-up: first-call allocations, kernel selection, caches
+    best = dict.fromkeys(runs, float("inf"))
+    order = list(runs)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for name in order:
+            t0 = clock()
+            runs[name]()
+            best[name] = min(best[name], clock() - t0)
+    return best
 
 
 # --- the CPU record -----------------------------------------------------------------------------
@@ -134,6 +172,20 @@ def cpu_report() -> CpuReport:
         flags={f: None if present is None else f in present for f in hardware.REPORTED_FLAGS},
         native_bf16=hardware.native_bf16_cpu(),
     )
+
+
+def machine_fields(threads: int) -> dict[str, Any]:
+    """``{"cpu": "x86_64", "cpu_flags": ["avx2", ...], "torch": "2.13.0+cpu", "threads": 2}``:
+    what bench_precision and study_int8 record of the machine, first in their results."""
+    import torch  # heavy, and only the benchmarks that run models ask
+
+    cpu = cpu_report()
+    return {
+        "cpu": cpu.machine,
+        "cpu_flags": cpu.present,
+        "torch": torch.__version__,
+        "threads": threads,
+    }
 
 
 # --- results and tables -------------------------------------------------------------------------

@@ -4,12 +4,15 @@
     python -m bench.report --check    # exit 1 when the page and the results disagree
 
 One section per results file (``bench/results/<name>.json``), in ``bench.run_all``'s order, then
-the recipe sweep and the reliability suite's figures: the command that produced it (rebuilt from
-the settings the file records), the machine it ran on (CPU flags, threads, versions, as recorded)
-and its tables, built with ``bench.common.table_lines``. A benchmark of ``run_all`` without a
-results file is listed as such, so the page says what it does not show. A results file this
-module has no renderer for is an error: a new benchmark adds its section here, and the test
-(tests/bench/test_report.py) fails until the committed page is rendered again.
+the studies run by hand (the recipe sweep, the int8 levers and error analysis) and the
+reliability suite's figures: the command that produced it (rebuilt from the settings the file
+records), the machine it ran on (CPU flags, threads, versions, as recorded) and its tables, built
+with ``bench.common.table_lines``. bench_precision and study_int8 print their tables with this
+module's ``precision_tables``, ``study_tables`` and ``diagnosis_tables``: one rendering, on the
+terminal and on the page. A benchmark of ``run_all`` without a results file is listed as such, so
+the page says what it does not show. A results file this module has no renderer for is an error:
+a new benchmark adds its section here, and the test (tests/bench/test_report.py) fails until the
+committed page is rendered again.
 
 Deliberately not here: running benchmarks (each writes its own file), targets and verdicts that
 a results file does not record (the prose in docs/ says what a figure was for), and any figure
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, ROOT, ratio, table_lines
+from bench.encoders import ENCODER_SHAPES
 from bench.run_all import BENCHES
 
 PAGE = ROOT / "docs" / "benchmarks.md"
@@ -390,6 +394,227 @@ def rerank_section(r: Result) -> list[str]:
     return out
 
 
+# --- precision: bench_precision and the int8 study (the scripts print these tables too) ---------
+
+
+def _gate(label: str, s: Result) -> str:
+    """A bench_precision system's gate cell: ``"pass (0.967 / 0.980)"``, ``"FAIL, serves fp32"``;
+    ``"-"`` for the anchors, which have none."""
+    gate = s.get("gate")
+    if not gate:
+        return "-"
+    fm = (
+        ""
+        if gate["top5_overlap"] is None
+        else f" ({gate['top5_overlap']:.3f} / {gate['top1_agreement']:.3f})"
+    )
+    served = "" if s["served"] == label.split()[-1] else f", serves {s['served']}"
+    return f"{'pass' if gate['passed'] else 'FAIL'}{fm}{served}"
+
+
+def precision_tables(r: Result) -> list[str]:
+    """bench_precision's tables, as it prints them: per model each system's speed and accuracy
+    against ours fp32; per served model each precision (and auto) over HTTP."""
+    out: list[str] = []
+    head = ["system", "sentences/s", "vs ours fp32", "vs hf fp32", "min cosine"]
+    head += ["recall@10 delta", "gate (top-5 / top-1)"]
+    for m in r["forward"]:
+        rows = [
+            [
+                label,
+                num(s["sentences_per_s"]),
+                ratio(s["vs_ours_fp32"]),
+                ratio(s["vs_hf_fp32"]),
+                f"{s['min_cosine']:.4f}",
+                f"{s['recall_delta']:+.3f}",
+                _gate(label, s),
+            ]
+            for label, s in m["systems"].items()
+        ]
+        out += [
+            f"**{m['model']}** ({m['shape']}, {m['tokens_per_batch']} tokens per batch of 32, "
+            f"{r['threads']} threads)",
+            "",
+            *table_lines(head, rows, "lrrrrrl"),
+            "",
+        ]
+    paths = ("/v1/embeddings", "/fill-mask")
+    head = ["precision", "serves"]
+    for path in paths:
+        head += [f"{path} req/s (p50 / p99 ms)", "vs fp32"]
+    for h in r["http"]:
+        fp32 = h["servers"]["fp32"]
+        rows = []
+        for precision, row in h["servers"].items():
+            cells = [precision, row["effective"]]
+            for path in paths:
+                if path in row:
+                    x = row[path]
+                    cells += [
+                        f"{num(x['rps'])} ({x['p50_ms']:g} / {x['p99_ms']:g})",
+                        ratio(x["rps"] / fp32[path]["rps"]),
+                    ]
+                else:
+                    cells += ["-", "-"]
+            rows.append(cells)
+        out += [
+            f"**HTTP, {h['model']}** (1 torch thread, wrk on the other core)",
+            "",
+            *table_lines(head, rows, "llrrrr"),
+            "",
+        ]
+    return out
+
+
+def precision_section(r: Result) -> list[str]:
+    """bench_precision: ours in fp32 / bf16 / int8 against transformers and ONNX Runtime, and
+    the server at each precision under wrk."""
+    random_models = [m["model"] for m in r["forward"] if m["model"] != "checkpoint"]
+    cmd = "python -m bench.bench_precision"
+    if random_models != ["default", *ENCODER_SHAPES]:
+        cmd += f" --models {','.join(random_models)}"
+    if r["checkpoint"]:
+        cmd += f" --checkpoint {r['checkpoint']}"
+    cmd += f" --threads {r['threads']}"
+    if not r["http"]:
+        cmd += " --no-http"
+    elif r["http"][0]["model"] != ("checkpoint" if r["checkpoint"] else "mini"):
+        cmd += f" --http-model {r['http'][0]['model']}"
+    machine = [
+        f"CPU flags {flags(r['cpu_flags'])}",
+        f"{r['threads']} threads for torch and ONNX Runtime alike",
+        f"torch {r['torch']}",
+    ]
+    out = header(
+        "Precision against ONNX Runtime and transformers (`bench_precision`)", cmd, machine
+    )
+    return [
+        *out,
+        "Batches of 32 held-out glosses, tokenized beforehand; every system in turn round by "
+        "round, best round kept. `hf` is transformers' `AutoModel` on padded batches, `ort` the "
+        "same model through `torch.onnx.export` (and `quantize_dynamic`, QInt8, for int8); ours "
+        "is the server's forward at each precision, gated against fp32 as the server loads it "
+        "(a failing one is timed anyway, marked). Min cosine and recall@10 delta are against "
+        "ours fp32. Over HTTP: `bert-serve` at each precision and `auto`, one gloss per request.",
+        "",
+        *precision_tables(r),
+    ]
+
+
+def study_tables(r: Result) -> list[str]:
+    """study_int8's tables, as it prints them: per model each lever's gate figures and speed."""
+    out: list[str] = []
+    head = ["lever", "min cosine", "recall@10 delta", "top-5 / top-1", "gate", "speed vs fp32"]
+    for m in r["models"]:
+        rows = []
+        for row in m["levers"]:
+            g = row["gate"]
+            if g is None:
+                rows.append([row["lever"], "-", "-", "-", "-", "1.00x"])
+                continue
+            fm = (
+                "-"
+                if g["top5_overlap"] is None
+                else f"{g['top5_overlap']:.3f} / {g['top1_agreement']:.3f}"
+            )
+            rows.append(
+                [
+                    row["lever"].strip(),
+                    f"{g['min_cosine']:.4f}",
+                    f"{g['recall_delta']:+.3f}",
+                    fm,
+                    "pass" if g["passed"] else "fail",
+                    ratio(row["speedup_vs_fp32"]),
+                ]
+            )
+        out += [
+            f"**{m['model']}** ({m['shape']}, {m['tokens_per_batch']} tokens per batch of 32; "
+            f"fp32 recall@10 {num(m['reference_recall_at_10'], 3)})",
+            "",
+            *table_lines(head, rows, "lrrllr"),
+            "",
+        ]
+    return out
+
+
+def study_section(r: Result) -> list[str]:
+    """study_int8: every int8 lever (and bf16) on the same weights, against fp32."""
+    names = [m["model"] for m in r["models"]]
+    cmd = "python -m bench.study_int8"
+    models = [n for n in names if n == "default" or n in ENCODER_SHAPES]
+    if models != ["default", *ENCODER_SHAPES]:
+        cmd += f" --models {','.join(models)}"
+    cmd += "".join(
+        f" --checkpoint {m['model']}={m['path']}" for m in r["models"] if m["model"] not in models
+    )
+    cmd += f" --threads {r['threads']}"
+    if "rounds" in r:
+        cmd += f" --rounds {r['rounds']}"
+    machine = [
+        f"CPU flags {flags(r['cpu_flags'])}",
+        f"{r['threads']} torch thread{'s' if r['threads'] != 1 else ''}, {r['clock']}",
+        f"torch {r['torch']}",
+    ]
+    out = header("Int8: every lever on the same weights (`study_int8`)", cmd, machine)
+    out += [
+        "Each lever's gate figures against fp32 on the probe set (min cosine, recall@10 delta, "
+        "fill-mask top-5 / top-1 where the model has an MLM head), and its speed against fp32 "
+        "on batches of 32 held-out glosses through the server's forward, levers interleaved "
+        "round by round, best round kept. `mini` and `base` are random weights of "
+        "all-MiniLM-L6-v2's and BERT-base's shapes; the lever names are explained in "
+        "[precision.md](precision.md).",
+        "",
+    ]
+    if r.get("note"):
+        out += [f"Note: {r['note'].rstrip('.')}.", ""]
+    return [*out, *study_tables(r)]
+
+
+def diagnosis_tables(d: Result) -> list[str]:
+    """study_int8 --diagnose's tables, as it prints them: activation ranges per matmul, each
+    matmul kind and each layer alone in int8, the weights' rounding alone."""
+    rows = [
+        [x["layer"], x["matmul"], x["max"], x["median"], x["ratio"], x["top_channels"]]
+        for x in d["ranges"]
+    ]
+    out = [
+        f"**{d['model']}: activation ranges** (max |x| per input channel over the calibration "
+        "text: the largest, the median channel's, their ratio, the top channels)",
+        "",
+        *table_lines(["layer", "matmul", "max", "median", "ratio", "top channels"], rows, "rlrrrl"),
+        "",
+    ]
+
+    def cells(row: Result) -> list[str]:
+        return [f"{v['min_cosine']:.4f} / {v['recall_delta']:+.3f}" for v in row.values()]
+
+    head = ["only this matmul in int8 (all layers)", "per-batch scale", "per-token"]
+    rows = [[kind, *cells(row)] for kind, row in d["kinds"].items()]
+    out += [*table_lines([*head, "SQ + per-token"], rows), ""]
+    head = ["only this layer in int8", "per-batch, no SQ", "served recipe"]
+    out += [*table_lines(head, [[i, *cells(row)] for i, row in d["layers"].items()]), ""]
+    w = d["weights_only"]
+    return [
+        *out,
+        f"Weights alone rounded to int8 (activations fp32): {w['min_cosine']:.4f} / "
+        f"{w['recall_delta']:+.3f} (min cosine / recall@10 delta).",
+    ]
+
+
+def diagnosis_section(d: Result) -> list[str]:
+    """study_int8 --diagnose: where plain int8's error comes from, on one model."""
+    name = d["model"]
+    cmd = f"python -m bench.study_int8 --diagnose {name}" + ("" if name == "default" else "=DIR")
+    machine = ["not recorded (one torch thread unless `--threads` says otherwise)"]
+    out = header("Int8: where the error comes from (`study_int8 --diagnose`)", cmd, machine)
+    out += [
+        "With the served kernels and the gate's probe set; each cell is min cosine / recall@10 "
+        "delta against fp32. DIR is the model's checkpoint directory.",
+        "",
+    ]
+    return [*out, *diagnosis_tables(d), ""]
+
+
 def reliability_section(r: Result) -> list[str]:
     """make reliability: each test's figures, as the suite recorded them."""
     out = header(
@@ -414,10 +639,13 @@ SECTIONS: dict[str, Callable[[Result], list[str]]] = {
     "bench_cloze": cloze_section,
     "bench_finetune": finetune_section,
     "bench_sop": sop_section,
+    "bench_precision": precision_section,
     "recipes": recipes_section,
+    "study_int8": study_section,
+    "study_int8_diagnosis": diagnosis_section,
     "reliability": reliability_section,
 }
-ORDER = (*BENCHES, "recipes", "reliability")
+ORDER = (*BENCHES, "recipes", "study_int8", "study_int8_diagnosis", "reliability")
 
 INTRO = """\
 # Benchmarks

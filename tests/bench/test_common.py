@@ -80,3 +80,42 @@ def test_named_checkpoints(tmp_path):
     for bad in (["a"], [f"a={tmp_path}", f"a={tmp_path}"], [f"default={tmp_path}"], ["a=/nope"]):
         with pytest.raises(SystemExit):
             named_checkpoints(bad, parser, reserved={"default"})
+
+
+def test_gloss_batches_are_seeded_glosses_without_their_lemmas():
+    batches = common.gloss_batches(3)
+    assert [len(b) for b in batches] == [32, 32, 32]
+    assert common.gloss_batches(3) == batches
+    assert common.gloss_batches(3, seed=1) != batches
+    lines = common.RETRIEVAL_FILE.read_text(encoding="utf-8").splitlines()
+    glosses = {line.partition(": ")[2] or line for line in lines}
+    assert all(text in glosses for b in batches for text in b)
+    assert [len(b) for b in common.gloss_batches(2, size=4)] == [4, 4]
+
+
+def test_best_of_rounds_keeps_each_runs_best_round_after_a_warm_up():
+    now = [0.0]
+    calls = {"slow": 0, "fast": 0}
+    costs = {"slow": [9.0, 3.0, 4.0, 5.0], "fast": [9.0, 2.0, 1.0, 1.5]}  # warm-up first
+
+    def run(name):
+        def once():
+            now[0] += costs[name][calls[name]]
+            calls[name] += 1
+
+        return once
+
+    best = common.best_of_rounds({k: run(k) for k in costs}, rounds=3, clock=lambda: now[0])
+    assert best == {"slow": 3.0, "fast": 1.0}  # the warm-up's 9 s is never counted
+    assert calls == {"slow": 4, "fast": 4}
+
+
+def test_machine_fields():
+    import torch
+
+    from model.hardware import REPORTED_FLAGS
+
+    fields = common.machine_fields(2)
+    assert list(fields) == ["cpu", "cpu_flags", "torch", "threads"]
+    assert fields["torch"] == torch.__version__ and fields["threads"] == 2
+    assert set(fields["cpu_flags"]) <= set(REPORTED_FLAGS)

@@ -27,7 +27,11 @@ def test_the_committed_page_is_the_rendering_of_the_committed_results():
 
 def test_every_committed_result_has_its_section():
     page = report.render()
-    special = {"recipes": "bench.bench_recipes", "reliability": "pytest -q tests/reliability"}
+    special = {
+        "recipes": "bench.bench_recipes",
+        "study_int8_diagnosis": "bench.study_int8 --diagnose",
+        "reliability": "pytest -q tests/reliability",
+    }
     for path in sorted(RESULTS.glob("*.json")):
         command = special.get(path.stem, f"bench.{path.stem}")
         assert f"`python -m {command}" in page or f"`{command}" in page, path.name
@@ -108,3 +112,65 @@ def test_number_formats():
     assert report.num(0.30542, 3) == "0.305"
     assert report.arg(6.0) == "6"
     assert report.arg(0.5) == "0.5"
+
+
+def _precision_result(http: bool) -> dict:
+    gate = {"top5_overlap": 0.9673, "top1_agreement": 0.9796, "passed": True}
+    system = {"sentences_per_s": 3888.0, "vs_ours_fp32": 1.094, "vs_hf_fp32": 1.525}
+    system |= {"min_cosine": 0.999687, "recall_delta": 0.005}
+    served = {"rps": 1145.2, "p50_ms": 26.1, "p99_ms": 43.0}
+    return {
+        "cpu_flags": ["avx2"],
+        "torch": "2.13.0+cpu",
+        "threads": 2,
+        "checkpoint": None,
+        "forward": [
+            {
+                "model": "default",
+                "shape": "L2 H128 A2 I512",
+                "tokens_per_batch": 634.3,
+                "systems": {
+                    "ours int8": {**system, "served": "fp32", "gate": {**gate, "passed": False}},
+                    "ort int8": system,
+                },
+            }
+        ],
+        "http": [
+            {
+                "model": "default",
+                "servers": {
+                    "fp32": {"effective": "fp32", "/v1/embeddings": served},
+                    "auto": {"effective": "int8", "/v1/embeddings": {**served, "rps": 2290.4}},
+                },
+            }
+        ]
+        if http
+        else [],
+    }
+
+
+def test_the_precision_tables_known_answer():
+    lines = report.precision_tables(_precision_result(http=True))
+    failed = "FAIL (0.967 / 0.980), serves fp32"
+    assert f"| ours int8 | 3,888 | 1.09x | 1.52x | 0.9997 | +0.005 | {failed} |" in lines
+    assert "| ort int8 | 3,888 | 1.09x | 1.52x | 0.9997 | +0.005 | - |" in lines
+    assert "| auto | int8 | 2,290 (26.1 / 43) | 2.00x | - | - |" in lines
+
+
+def test_the_precision_command_is_rebuilt_from_the_recorded_settings():
+    section = report.precision_section(_precision_result(http=False))
+    assert "`python -m bench.bench_precision --models default --threads 2 --no-http`" in section
+    section = report.precision_section(_precision_result(http=True))
+    command = "python -m bench.bench_precision --models default --threads 2 --http-model default"
+    assert f"`{command}`" in section
+
+
+def test_the_precision_scripts_print_the_pages_tables():
+    """bench_precision and study_int8 print what report renders: one code path, no copy."""
+    for script, renderers in (
+        ("bench_precision", ["precision_tables"]),
+        ("study_int8", ["diagnosis_tables", "study_tables"]),
+    ):
+        source = (Path(report.__file__).parent / f"{script}.py").read_text(encoding="utf-8")
+        assert f"from bench.report import {', '.join(renderers)}" in source
+        assert "table_lines" not in source and "|---" not in source
