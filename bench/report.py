@@ -394,6 +394,64 @@ def rerank_section(r: Result) -> list[str]:
     return out
 
 
+def retrieval_section(r: Result) -> list[str]:
+    """bench_retrieval: TF-IDF and each checkpoint, dense and sparse; what the training cost."""
+    cmd = "python -m bench.bench_retrieval" + (" --quick" if r.get("quick") else "")
+    machine = [
+        f"CPU flags {flags(r.get('cpu_flags'))}",
+        f"{r['threads']} torch threads",
+        f"torch {r['torch']}",
+    ]
+    out = header("Retrieval (`bench_retrieval`)", cmd, machine)
+    tfidf = r["tfidf"]
+    head = ["system", "pooling", "recall@1", "recall@10", "MRR", "recall@1 / TF-IDF"]
+    rows = [["TF-IDF", "-", *(num(tfidf[k], 4) for k in ("recall@1", "recall@10", "mrr")), "1.00x"]]
+    notes = []
+    for c in r["checkpoints"]:
+        for label, pooling, m in (
+            (c["name"], c["pooling"], c["retrieval"]),
+            (f"{c['name']}, sparse (SPLADE from its MLM head)", "splade max", c["sparse"]["ours"]),
+        ):
+            rows.append(
+                [
+                    label,
+                    pooling,
+                    *(num(m[k], 4) for k in ("recall@1", "recall@10", "mrr")),
+                    ratio(m["recall@1"] / tfidf["recall@1"]),
+                ]
+            )
+        dims = c["sparse"]["active_dims"]
+        notes.append(
+            f"- {c['name']}: valid MLM accuracy {num(c['mlm']['accuracy'], 4)}; sparse vectors "
+            f"with {num(dims['queries'])} active dimensions per query and "
+            f"{num(dims['candidates'])} per definition, scored by dot product (scaled to unit "
+            f"length first: recall@1 {num(c['sparse']['cosine']['recall@1'], 4)}); "
+            + "; ".join(
+                f"{p} pooling: recall@1 {num(m['recall@1'], 4)}"
+                for p, m in c.get("retrieval_by_pooling", {}).items()
+                if p != c["pooling"]
+            )
+        )
+    st = r.get("step_timing", {})
+    if "joint_over_mlm" in st:
+        notes.append(
+            f"- what the contrastive stage costs per step ({st['model']}, {st['threads']} threads, "
+            f"median of {st['steps_timed']} interleaved steps): MLM-only "
+            f"{num(st['mlm_s_per_step'], 3)} s, joint MLM + contrastive "
+            f"{num(st['joint_s_per_step'], 3)} s (x{num(st['joint_over_mlm'], 2)})"
+        )
+    return [
+        *out,
+        f"{num(r['queries'])} valid usage examples, each to find its own definition among "
+        f"{num(r['candidates'])} (`{r['corpus']}`): dense rows by cosine of pooled embeddings.",
+        "",
+        *table_lines(head, rows, "llrrrr"),
+        "",
+        *notes,
+        "",
+    ]
+
+
 # --- precision: bench_precision and the int8 study (the scripts print these tables too) ---------
 
 
@@ -636,6 +694,7 @@ SECTIONS: dict[str, Callable[[Result], list[str]]] = {
     "bench_model": model_section,
     "bench_serve": serve_section,
     "bench_rerank": rerank_section,
+    "bench_retrieval": retrieval_section,
     "bench_cloze": cloze_section,
     "bench_finetune": finetune_section,
     "bench_sop": sop_section,
