@@ -317,9 +317,9 @@ class GateAnswers:
         return len(self.retrieval) // 2
 
 
-def _core_jobs(engine: Engine) -> list[Job]:
-    """Embeddings of the probe sentences and long inputs; fill-mask and classification where
-    the model has the head."""
+def gate_jobs(engine: Engine) -> list[Job]:
+    """What the gate runs besides retrieval and reranking: embeddings of the probe sentences
+    and long inputs; fill-mask and classification where the model has the head."""
     probes = probe_set()
     texts = list(probes.texts)
     long = engine.encode_many(list(probes.long), truncate=True)
@@ -389,7 +389,7 @@ def _in_batches(engine: Engine, jobs: list[Job]) -> list[Any]:
 def gate_run(engine: Engine) -> GateAnswers:
     """``engine``'s answers on the whole probe set."""
     t0 = time.perf_counter()
-    core = _in_batches(engine, _core_jobs(engine))
+    core = _in_batches(engine, gate_jobs(engine))
     retrieval = _in_batches(engine, [_retrieval_job(engine)])[0]
     return GateAnswers(core, retrieval, time.perf_counter() - t0)
 

@@ -218,20 +218,29 @@ class ServeState:
         return result
 
     # --- limits --------------------------------------------------------------------------------
-    def check_inputs(self, texts: list[str], n: int | None = None) -> None:
+    def check_inputs(
+        self,
+        texts: list[str],
+        n: int | None = None,
+        names: list[str] | None = None,
+        field: str = "inputs",
+    ) -> None:
         """422 unless there are 1..max_client_batch inputs (``n``, default one per text) and
-        every text is non-blank, valid Unicode."""
+        every text is non-blank, valid Unicode. An error names the text as the request does:
+        ``names[i]`` (``inputs[2][1]`` for the second text of the third pair, ``query``), by
+        default ``inputs[i]``; ``field`` names the list in the count errors."""
         n = len(texts) if n is None else n
         if n == 0:
-            raise InputValidationError("inputs is empty")
+            raise InputValidationError(f"{field} is empty")
         if n > self.config.max_client_batch:
             raise InputValidationError(
-                f"{n} inputs in one request; the limit is {self.config.max_client_batch}"
+                f"{n} {field} in one request; the limit is {self.config.max_client_batch}"
             )
         for i, t in enumerate(texts):
+            name = names[i] if names is not None else f"inputs[{i}]"
             if not t or t.isspace():
-                raise InputValidationError(f"inputs[{i}] is empty")
-            check_unicode(t, f"inputs[{i}]")
+                raise InputValidationError(f"{name} is empty")
+            check_unicode(t, name)
 
     # --- operations ----------------------------------------------------------------------------
     async def fill_mask(
@@ -454,11 +463,25 @@ class ServeState:
         direction: str,
         strategy: str,
         max_second: int | None = None,
+        names: list[str] | None = None,
+        field: str = "inputs",
     ) -> tuple[Engine, list[Encoded]]:
-        """The serving engine (400 without a classifier) and the inputs tokenized, pairs too."""
+        """The serving engine (400 without a classifier) and the inputs tokenized, pairs too.
+        ``names``: what the request calls each text, in order (default ``inputs[i]``, and
+        ``inputs[i][j]`` inside a pair)."""
         pairs = [p for p in inputs if isinstance(p, tuple)]
         texts = [t for p in inputs for t in (p if isinstance(p, tuple) else (p,))]
-        self.check_inputs(texts, n=len(inputs))
+        if names is None:
+            names = [
+                name
+                for i, p in enumerate(inputs)
+                for name in (
+                    [f"inputs[{i}][{j}]" for j in range(len(p))]
+                    if isinstance(p, tuple)
+                    else [f"inputs[{i}]"]
+                )
+            ]
+        self.check_inputs(texts, n=len(inputs), names=names, field=field)
         engine = self.engine()
         if not engine.can_classify:
             raise UnsupportedError(
@@ -488,6 +511,7 @@ class ServeState:
         raw_scores: bool = False,
         truncate: bool = True,
         max_document_tokens: int | None = None,
+        field: str = "texts",
         disconnected: Disconnect | None = None,
     ) -> tuple[Engine, list[tuple[int, float]]]:
         """(engine, (document index, relevance score) best first) from a cross-encoder.
@@ -496,10 +520,11 @@ class ServeState:
         sentence-transformers' ``CrossEncoder.predict`` gives (the directory's activation,
         sigmoid by default), or the logits with ``raw_scores``. A pair over the token limit is
         cut on the document's side, or refused without ``truncate``; ``max_document_tokens``
-        cuts every document to that many tokens first.
+        cuts every document to that many tokens first. ``field`` is what the request calls
+        the documents (TEI ``texts``, Cohere ``documents``), for error messages.
         """
         if not documents:
-            raise InputValidationError("texts is empty")
+            raise InputValidationError(f"{field} is empty")
         engine = self.engine()
         caps = engine.capabilities
         if not caps.rerank:
@@ -508,7 +533,13 @@ class ServeState:
                 f"classifier with one label); it serves {_serves(engine)}"
             )
         engine, encoded = await self._classify_inputs(
-            [(query, d) for d in documents], truncate, "right", "only_second", max_document_tokens
+            [(query, d) for d in documents],
+            truncate,
+            "right",
+            "only_second",
+            max_document_tokens,
+            names=[name for i in range(len(documents)) for name in ("query", f"{field}[{i}]")],
+            field=field,
         )
         function = "none" if raw_scores else score_function(caps.score_activation or "sigmoid")
         scores = await self._compute(

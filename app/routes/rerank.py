@@ -102,6 +102,7 @@ async def _cohere(
         query,
         texts,
         max_document_tokens=max_tokens_per_doc,
+        field="documents",
         disconnected=lambda: wait_for_disconnect(request),
     )
     results = []

@@ -177,6 +177,27 @@ def test_rerank_needs_a_cross_encoder_and_predict_scores_one_label_models(dirs):
         assert "texts" in msg
 
 
+def test_errors_name_the_text_as_the_request_does(dirs):
+    """A blank text inside a pair or a rerank request is named by its place in the body the
+    client sent (``inputs[1][1]``, ``texts[1]``, ``documents[1]``, ``query``), not by its place
+    in the flattened list of texts the server tokenizes."""
+    with _client(dirs["one-label"], max_client_batch=4) as client:
+        for path, body, name in (
+            ("/predict", {"inputs": [[QUERY, DOCS[0]], [QUERY, " "]]}, "inputs[1][1]"),
+            ("/predict", {"inputs": [DOCS[0], ""]}, "inputs[1]"),
+            ("/rerank", {"query": QUERY, "texts": [DOCS[0], " "]}, "texts[1]"),
+            ("/rerank", {"query": " ", "texts": DOCS[:2]}, "query"),
+            ("/v1/rerank", {"query": QUERY, "documents": [DOCS[0], ""]}, "documents[1]"),
+            ("/v2/rerank", {"query": QUERY, "documents": [{"text": ""}]}, "documents[0]"),
+        ):
+            msg = error_of(client.post(path, json=body), 422, "Validation")
+            assert msg == f"{name} is empty", (path, msg)
+        for path, field in (("/rerank", "texts"), ("/v1/rerank", "documents")):
+            body = {"query": QUERY, field: DOCS}  # 5 documents, the limit is 4
+            msg = error_of(client.post(path, json=body), 422, "Validation")
+            assert msg.startswith(f"5 {field} in one request"), msg
+
+
 def test_predict_takes_sentence_pairs_as_the_pipeline_does(dirs):
     tok = transformers.AutoTokenizer.from_pretrained(dirs["three"])
     model = transformers.AutoModelForSequenceClassification.from_pretrained(dirs["three"]).eval()

@@ -210,7 +210,7 @@ def test_the_probe_set_covers_long_inputs_and_retrieval(fp32):
     assert sum(p.count("[MASK]") for p in probes.masked) >= 100
     assert len(probes.queries) == len(probes.documents) == 200
     assert len(set(probes.documents)) == 200  # each query has exactly one right answer
-    jobs = precisions._core_jobs(fp32)
+    jobs = precisions.gate_jobs(fp32)
     lengths = [len(e) for e in jobs[0].inputs]
     assert lengths[-2:] == [fp32.max_input_tokens] * 2 and max(lengths[:-2]) < 64
     masks = sum(len(e.mask_positions) for e in jobs[1].inputs)
