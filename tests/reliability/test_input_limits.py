@@ -219,7 +219,7 @@ def test_rerank_at_the_limits(reranker, figures):
             msg = error_of(
                 rec.post(path, json={"query": query, key: ["x"] * (n + 1)}), 422, "Validation"
             )
-            assert f"{n + 1} inputs" in msg and f"limit is {n}" in msg
+            assert f"{n + 1} {key} in one request" in msg and f"limit is {n}" in msg
     figures.record(**rec.tally(rejected={422}), limit_tokens=limit, max_client_batch=n)
 
 
