@@ -77,6 +77,9 @@ _CLASSIFIER_LACKS = frozenset(
 _MAY_EXCEED = frozenset({"/embed", "/v1/embeddings"})
 # The classifier run: the routes that classify (and those it refuses).
 _CLASSIFIER_PATHS = frozenset({"/predict", "/", "/fill-mask", "/rerank"})
+# The reranker run (a one-label classifier): the routes that score pairs.
+_RERANKER_LACKS = frozenset({"/fill-mask", "/embed_sparse"})
+_RERANKER_PATHS = frozenset({"/rerank", "/v1/rerank", "/v2/rerank", "/predict", "/"})
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,18 @@ def classifier_schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
     models = tmp_path_factory.mktemp("fuzz-classifier")
     build_checkpoint(models / "clf", seed=5, labels=("neg", "pos", "neutral"))
     config = serve_config(models / "clf", max_queue=10_000, max_body_bytes=256_000_000)
+    loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
+    try:
+        yield loaded
+    finally:
+        schemathesis_asgi.shutdown_lifespans()
+
+
+@pytest.fixture(scope="module")
+def reranker_schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
+    models = tmp_path_factory.mktemp("fuzz-reranker")
+    build_checkpoint(models / "rr", seed=7, labels=("score",))
+    config = serve_config(models / "rr", max_queue=10_000, max_body_bytes=256_000_000)
     loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
     try:
         yield loaded
@@ -272,6 +287,23 @@ def test_schema_fuzz_of_a_classifier(classifier_schema, figures):
         assert seen[("positive", path, 200)] > 0, path
         assert seen[("negative", path, 422)] > 0, path
     assert seen[("positive", "/fill-mask", 400)] > 0  # no MLM head: refused
+
+
+@pytest.mark.slow  # the main fuzz covers the rerank routes' refusal; this serves a reranker
+def test_schema_fuzz_of_a_reranker(reranker_schema, figures):
+    seen = _fuzz(
+        reranker_schema,
+        cases_per_mode=60,
+        derandomize=True,
+        lacks=_RERANKER_LACKS,
+        paths=_RERANKER_PATHS,
+    )
+    answered = _record(figures, seen)
+    assert answered == seen["attempted"] >= 500
+    assert all(status < 500 for (_, _, status) in _answered(seen))
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/predict"):  # scored, and validated
+        assert seen[("positive", path, 200)] > 0, path
+        assert seen[("negative", path, 422)] > 0, path
 
 
 @pytest.mark.long
