@@ -196,9 +196,19 @@ def _failed_checks(gate: dict[str, Any]) -> str:
     limits = gate["thresholds"]
     failed = [
         f"{name} {gate[name]} < {limits[name]}"
-        for name in ("min_cosine", "top5_overlap", "top1_agreement", "label_agreement")
-        if gate[name] is not None and gate[name] < limits[name]
+        for name in (
+            "min_cosine",
+            "top5_overlap",
+            "top1_agreement",
+            "label_agreement",
+            "rerank_top1",
+            "rerank_pair_order",
+        )
+        if gate.get(name) is not None and gate[name] < limits[name]
     ]
+    error = gate.get("rerank_score_error")
+    if error is not None and error > limits["rerank_score_error"]:
+        failed.append(f"rerank_score_error {error} > {limits['rerank_score_error']}")
     delta = gate["recall_delta"]
     if delta is not None and abs(delta) > limits["max_recall_delta"] + 1e-9:
         failed.append(f"recall@10 moved {delta:+.4f}")

@@ -367,6 +367,13 @@ def test_ranking_agreement_known_answers():
     got = torch.tensor([[3.0, 1.0, 2.0], [0.0, 2.0, 1.0]])
     top1, order = precisions.ranking_agreement(want, got)
     assert top1 == 0.5 and order == pytest.approx(4 / 6)
+    # Within a tie of 1, row 0's last two and row 1's best two are ties: all of it is kept;
+    # below it, nothing changes.
+    assert precisions.ranking_agreement(want, got, tie=1.0) == (1.0, 1.0)
+    assert precisions.ranking_agreement(want, got, tie=0.99) == (0.5, pytest.approx(4 / 6))
+    # A tie is judged on fp32's scores: a candidate that swaps documents 2 apart is wrong.
+    far = torch.tensor([[1.0, 2.0, 3.0], [0.0, 1.0, 2.0]])
+    assert precisions.ranking_agreement(want, far, tie=1.0) == (0.5, pytest.approx(3 / 6))
 
 
 def test_a_reranker_is_gated_on_its_rankings_not_on_one_label():
@@ -383,3 +390,17 @@ def test_a_reranker_is_gated_on_its_rankings_not_on_one_label():
     report = precisions.measure(fp32, dataclasses.replace(fp32, model=scrambled))
     assert report.rerank_top1 < 0.5 and report.rerank_pair_order < 0.5 and not report.passed
     assert report.as_dict()["thresholds"]["rerank_pair_order"] == precisions.MIN_PAIR_ORDER
+    # Rankings kept but every score shifted (a threshold on scores would break): it fails too.
+    shifted = copy.deepcopy(fp32.model)
+    with torch.no_grad():
+        shifted.classifier.out.bias.add_(0.2 * float(same_scores_std(fp32)))
+    report = precisions.measure(fp32, dataclasses.replace(fp32, model=shifted))
+    assert report.rerank_top1 == 1.0 and report.rerank_pair_order == 1.0
+    assert report.rerank_score_error == pytest.approx(0.2, rel=1e-3) and not report.passed
+
+
+def same_scores_std(engine) -> float:
+    """The standard deviation of ``engine``'s scores of the gate's reranking pairs."""
+    encoded = engine.encode_pairs(precisions.rerank_pairs(), truncate=True, strategy="only_second")
+    scores = engine.run_batch([ClassifyJob(inputs=encoded, function="none")])[0]
+    return float(torch.tensor([row[0] for row in scores]).std())
