@@ -62,6 +62,14 @@ class Engine:
     precision: str = "fp32"  # what the model computes in: fp32, bf16 or int8
     # How that was decided: requested, effective, reason, and the accuracy gate's figures.
     precision_report: dict[str, Any] = field(default_factory=dict)
+    # The checkpoint's parameter count, taken before any conversion: int8 packs its weights
+    # into kernel objects that are no longer nn.Parameters, so counting them then would not do;
+    # dataclasses.replace carries it over to the converted engine.
+    parameters: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.parameters is None:
+            self.parameters = self.model.num_parameters()
 
     @property
     def name(self) -> str:
@@ -101,7 +109,7 @@ class Engine:
             "vocab_size": self.tokenizer.vocab_size,
             "lowercase": self.tokenizer.lowercase,
             "max_input_tokens": self.max_input_tokens,
-            "parameters": self.model.num_parameters(),
+            "parameters": self.parameters,
             "load_seconds": round(self.load_seconds, 3),
             "precision": {"effective": self.precision, **self.precision_report},
             "capabilities": {

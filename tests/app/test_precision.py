@@ -152,6 +152,9 @@ def test_int8_serves_on_the_default_checkpoint_within_the_gate(fp32):
     assert engine.model.mlm_head.decoder.weight is engine.model.embeddings.word.weight
     assert engine.model.embeddings.word.weight.dtype == torch.float32
     assert isinstance(fp32.model.layers[0].ffn.up, torch.nn.Linear)
+    # /info counts the checkpoint's parameters, not what the packed kernels still expose.
+    assert engine.info()["parameters"] == fp32.info()["parameters"] == fp32.model.num_parameters()
+    assert engine.model.num_parameters() < fp32.model.num_parameters()
 
 
 def test_the_gate_is_stricter_than_plain_dynamic_int8(fp32):
