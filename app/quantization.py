@@ -139,10 +139,11 @@ class Int8Linear(nn.Module):
 
     ``input_scale`` (in_features,) multiplies the input first (SmoothQuant's 1/s where it could
     not be folded into a LayerNorm; the weight's columns were multiplied by s before packing).
-    ``per_token``: each row is divided by its absolute maximum before the kernel picks one
-    scale for the tensor, and the output row multiplied back, so a row of large activations no
-    longer coarsens the others. Example: rows [[100, -50], [0.1, 0.2]] reach the kernel as
-    [[1, -0.5], [0.5, 1]] with row scales [100, 0.2].
+    ``per_token``: each row is divided by its absolute maximum before the kernel quantizes the
+    batch with one range, always [-1, 1], and the output row multiplied back, so a row of large
+    activations no longer coarsens the others and a row's answer does not depend on the rows
+    beside it. Example: rows [[100, -50], [0.1, 0.2]] reach the kernel as [[1, -0.5], [0.5, 1]]
+    with row scales [100, 0.2].
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class Int8Linear(nn.Module):
         *,
         input_scale: Tensor | None = None,
         per_token: bool = False,
+        floor: float = -1.0,
         reduce_range: bool = False,
         engine: str = "x86",
     ) -> None:
@@ -175,20 +177,42 @@ class Int8Linear(nn.Module):
             )
         self.register_buffer("bias", fp32_bias if per_token else None)
         self.register_buffer("input_scale", input_scale)
+        # The range anchor (per_token): every row is scaled into [floor, 1] (by the larger of
+        # its max and min / floor), and a row holding 1 and ``floor`` is appended to every batch,
+        # so the kernel's one range per batch is always [floor, 1]. Without it the range was the
+        # batch's own min and max, and a row's answer moved (by ~1e-2 in a reranker's logit)
+        # with the rows it happened to share a batch with. The floor is -1, but after an
+        # activation bounded below (GELU >= -0.17) it is that bound over the row's max: a range
+        # wider than the rows need costs resolution.
+        self.floor = max(min(floor, 0.0), -1.0)
+        anchor = torch.zeros(self.in_features)
+        anchor[:2] = torch.tensor([1.0, self.floor])
+        self.register_buffer("anchor", anchor, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_scale is not None:
-            x = x * self.input_scale  # (..., in)
         if not self.per_token:
+            if self.input_scale is not None:
+                x = x * self.input_scale  # (..., in)
             return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
-        # max |x| per row from two reductions: x.abs() would allocate a copy of x.
-        rows = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
-        rows = rows.clamp_(min=_TINY)  # (..., 1)
-        x = x.div_(rows) if self.input_scale is not None else x / rows  # never the caller's x
-        y = torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)  # (..., out)
-        if self.bias is None:
-            return y.mul_(rows)
-        return torch.addcmul(self.bias, y, rows, out=y)  # y * rows + bias in one pass
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features)  # (n, in)
+        n = x.shape[0]
+        batch = x.new_empty((n + 1, self.in_features))  # the scaled rows, then the anchor
+        scaled = batch[:n]
+        if self.input_scale is not None:
+            x = torch.mul(x, self.input_scale, out=scaled)
+        # The scale that puts the row in [floor, 1]: max |x| for floor -1, from two reductions
+        # (x.abs() would allocate a copy of x); its max for floor 0 (a ReLU's output).
+        rows = x.amax(dim=-1, keepdim=True)  # (n, 1)
+        if self.floor < 0:
+            rows = torch.maximum(rows, x.amin(dim=-1, keepdim=True).div_(self.floor))
+        rows = rows.clamp_(min=_TINY)
+        torch.div(x, rows, out=scaled)  # never into the caller's x
+        batch[n] = self.anchor
+        y = torch.ops.quantized.linear_dynamic(batch, self._packed, self.reduce_range)[:n]
+        # y * rows (+ bias, in one pass): (n, out)
+        y = y.mul_(rows) if self.bias is None else torch.addcmul(self.bias, y, rows, out=y)
+        return y.view(*lead, self.out_features)
 
     def weight_int8(self) -> tuple[Tensor, Tensor]:
         """The packed weight as (int8 values (out, in), per-channel scales (out,))."""
@@ -275,6 +299,10 @@ def quantize(
     reduce_range = resolve_reduce_range(recipe)
     smooth = recipe.smooth if ranges else ()
     pre_norm = model.config.norm_position == "pre"
+    # down reads the FFN activation's output, bounded below (GELU's minimum is -0.17, ReLU's 0):
+    # with rows scaled to max |x| = 1 and max |x| >= 1, the scaled rows stay above that bound.
+    grid = torch.linspace(-30.0, 30.0, 60_001)
+    floors = {"down": min(float(model.layers[0].ffn.act(grid).min()), 0.0)} if model.layers else {}
     out = copy.deepcopy(model)
     with torch.no_grad():
         for i, layer in enumerate(out.layers):
@@ -318,6 +346,7 @@ def quantize(
                         biases[name],
                         input_scale=input_scales[name],
                         per_token=name in recipe.per_token,
+                        floor=floors.get(name, -1.0),
                         reduce_range=reduce_range,
                         engine=engine,
                     ),

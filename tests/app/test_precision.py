@@ -157,6 +157,32 @@ def test_int8_serves_on_the_default_checkpoint_within_the_gate(fp32):
     assert engine.model.num_parameters() < fp32.model.num_parameters()
 
 
+def test_an_int8_answer_does_not_depend_on_its_batch():
+    """int8 quantizes each batch with one range; the anchor row fixes it, so a text's embedding
+    (and a pair's score) is the same alone as beside any others, as in fp32."""
+    engine = load_engine(DEFAULT, max_input_tokens=128, precision="int8")
+    assert engine.precision == "int8", engine.precision_report["reason"]
+    texts = ["a", "the dog barked at the mailman all afternoon", "rivers run to the sea", "x y"]
+    encoded = engine.encode_many(texts, truncate=True)
+
+    def embed(batch):
+        job = EmbedJob(inputs=batch, pooling="mean", normalize=False)
+        return torch.tensor(engine.run_batch([job])[0])
+
+    together = embed(encoded)
+    alone = torch.cat([embed([e]) for e in encoded])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    reranker = load_engine(DEFAULT.parent / "reranker", precision="int8")
+    assert reranker.precision == "int8", reranker.precision_report["reason"]
+    pairs = reranker.encode_pairs([("a young dog", t) for t in texts], truncate=True)
+
+    def scores(batch):
+        job = ClassifyJob(inputs=batch, function="none")
+        return [row[0] for row in reranker.run_batch([job])[0]]
+
+    assert scores(pairs) == pytest.approx([scores([p])[0] for p in pairs], abs=1e-5)
+
+
 def test_the_gate_is_stricter_than_plain_dynamic_int8(fp32):
     """torch.ao's dynamic int8 with per-tensor weights and 7-bit activations, what served
     before on every layer but the last, fails the new gate on the default checkpoint."""
