@@ -227,7 +227,7 @@ class Int8Linear(nn.Module):
         )
 
 
-def _matmuls(layer: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+def matmuls(layer: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Where each of ``MATMULS`` lives in a ``model.bert.Layer``: (parent module, attribute)."""
     return {
         "qkv": (layer.attention, "qkv"),
@@ -259,7 +259,7 @@ def activation_ranges(
         return hook
 
     for i, layer in enumerate(model.layers):
-        for name, (parent, attr) in _matmuls(layer).items():
+        for name, (parent, attr) in matmuls(layer).items():
             if name in names:
                 hooks.append(getattr(parent, attr).register_forward_pre_hook(record((i, name))))
     try:
@@ -306,7 +306,7 @@ def quantize(
     out = copy.deepcopy(model)
     with torch.no_grad():
         for i, layer in enumerate(out.layers):
-            where = _matmuls(layer)
+            where = matmuls(layer)
             linears: dict[str, nn.Linear] = {n: getattr(p, a) for n, (p, a) in where.items()}
             weights = {n: lin.weight.detach().float().clone() for n, lin in linears.items()}
             biases = {

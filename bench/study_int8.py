@@ -115,7 +115,7 @@ def static_int8(model: nn.Module, calibration: list, smooth: bool) -> nn.Module:
     hooks = []
     scales: dict[tuple[int, str], Tensor | None] = {}
     for i, layer in enumerate(model.layers):
-        for name, (parent, attr) in q._matmuls(layer).items():
+        for name, (parent, attr) in q.matmuls(layer).items():
             lin = getattr(parent, attr)
             s = None
             if smooth and name in ("qkv", "up"):
@@ -136,7 +136,7 @@ def static_int8(model: nn.Module, calibration: list, smooth: bool) -> nn.Module:
         h.remove()
     out = copy.deepcopy(model)
     for i, layer in enumerate(out.layers):
-        for name, (parent, attr) in q._matmuls(layer).items():
+        for name, (parent, attr) in q.matmuls(layer).items():
             lo, hi = minmax[(i, name)]
             setattr(
                 parent, attr, StaticInt8Linear(getattr(parent, attr), lo, hi, scales[(i, name)])
@@ -174,8 +174,8 @@ def _int8_with_bf16(recipe: q.Recipe, names: tuple[str, ...]):
         out = precisions.convert(e.model, "int8", calibration=cal, recipe=recipe)
         for layer, fp32_layer in zip(out.layers, e.model.layers, strict=True):
             for name in names:
-                parent, attr = q._matmuls(layer)[name]
-                setattr(parent, attr, precisions.Bf16Linear(getattr(*q._matmuls(fp32_layer)[name])))
+                parent, attr = q.matmuls(layer)[name]
+                setattr(parent, attr, precisions.Bf16Linear(getattr(*q.matmuls(fp32_layer)[name])))
         return out
 
     return build
@@ -298,7 +298,7 @@ def diagnose(name: str, directory: Path) -> dict:
             out["layers"].setdefault(str(i), {})[label] = gate(one)
     weights_only = copy.deepcopy(engine.model)
     for layer in weights_only.layers:
-        for parent, attr in q._matmuls(layer).values():
+        for parent, attr in q.matmuls(layer).values():
             lin = getattr(parent, attr)
             values, scales = q.Int8Linear(lin.weight, lin.bias).weight_int8()
             with torch.no_grad():

@@ -146,7 +146,7 @@ def test_int8_serves_on_the_default_checkpoint_within_the_gate(fp32):
     assert recipe["smooth"] == ["qkv", "up"] and recipe["per_token"] == list(quantization.MATMULS)
     for layer in engine.model.layers:
         for name in quantization.MATMULS:
-            parent, attr = quantization._matmuls(layer)[name]
+            parent, attr = quantization.matmuls(layer)[name]
             assert isinstance(getattr(parent, attr), quantization.Int8Linear), (name, attr)
     # Embeddings, norms and heads stay fp32; the fp32 model is untouched.
     assert engine.model.mlm_head.decoder.weight is engine.model.embeddings.word.weight

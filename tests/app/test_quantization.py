@@ -179,7 +179,7 @@ def test_the_recipe_quantizes_what_it_names_and_keeps_the_rest():
         assert isinstance(layer.ffn.down, nn.Linear)
         assert torch.equal(layer.ffn.down.weight, original.ffn.down.weight)
         for name in ("qkv", "out", "up"):
-            parent, attr = q._matmuls(layer)[name]
+            parent, attr = q.matmuls(layer)[name]
             m = getattr(parent, attr)
             assert isinstance(m, q.Int8Linear) and m.per_token is (name == "up")
             assert m.input_scale is None  # no ranges given: nothing smoothed
