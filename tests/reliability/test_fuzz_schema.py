@@ -108,28 +108,27 @@ def schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
         schemathesis_asgi.shutdown_lifespans()
 
 
-@pytest.fixture(scope="module")
-def classifier_schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
-    models = tmp_path_factory.mktemp("fuzz-classifier")
-    build_checkpoint(models / "clf", seed=5, labels=("neg", "pos", "neutral"))
-    config = serve_config(models / "clf", max_queue=10_000, max_body_bytes=256_000_000)
+def _head_schema(factory, name: str, seed: int, labels: tuple[str, ...]):
+    """The schema of a server of a random classifier over ``labels`` (one label: a reranker),
+    its lifespan stopped at the end."""
+    models = factory.mktemp(f"fuzz-{name}")
+    build_checkpoint(models / name, seed=seed, labels=labels)
+    config = serve_config(models / name, max_queue=10_000, max_body_bytes=256_000_000)
     loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
     try:
         yield loaded
     finally:
         schemathesis_asgi.shutdown_lifespans()
+
+
+@pytest.fixture(scope="module")
+def classifier_schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
+    yield from _head_schema(tmp_path_factory, "clf", 5, ("neg", "pos", "neutral"))
 
 
 @pytest.fixture(scope="module")
 def reranker_schema(tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
-    models = tmp_path_factory.mktemp("fuzz-reranker")
-    build_checkpoint(models / "rr", seed=7, labels=("score",))
-    config = serve_config(models / "rr", max_queue=10_000, max_body_bytes=256_000_000)
-    loaded = schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
-    try:
-        yield loaded
-    finally:
-        schemathesis_asgi.shutdown_lifespans()
+    yield from _head_schema(tmp_path_factory, "rr", 7, ("score",))
 
 
 def _contract_for(lacks: frozenset[str]):
@@ -271,39 +270,32 @@ def test_schema_fuzz_no_5xx_and_schema_conformant(schema, figures):
     assert 401 in statuses and statuses & {404, 422}  # without and past authentication
 
 
-@pytest.mark.slow  # the main fuzz covers /predict's refusal; this serves a classifier
-def test_schema_fuzz_of_a_classifier(classifier_schema, figures):
-    seen = _fuzz(
-        classifier_schema,
-        cases_per_mode=60,
-        derandomize=True,
-        lacks=_CLASSIFIER_LACKS,
-        paths=_CLASSIFIER_PATHS,
-    )
+def _fuzz_head(schema, figures, lacks, paths, computed) -> collections.Counter:
+    """Fuzz the routes of ``paths`` on a classifier's server: no 5xx, and each route of
+    ``computed`` both answered (200) and validated (422)."""
+    seen = _fuzz(schema, cases_per_mode=60, derandomize=True, lacks=lacks, paths=paths)
     answered = _record(figures, seen)
-    assert answered == seen["attempted"] >= 300
+    # Hypothesis may stop early where a route's search space is small; most cases must run.
+    assert answered == seen["attempted"] >= 0.8 * 60 * 2 * len(paths)
     assert all(status < 500 for (_, _, status) in _answered(seen))
-    for path in ("/predict", "/"):  # classification computed, and validated
+    for path in computed:
         assert seen[("positive", path, 200)] > 0, path
         assert seen[("negative", path, 422)] > 0, path
+    return seen
+
+
+@pytest.mark.slow  # the main fuzz covers /predict's refusal; this serves a classifier
+def test_schema_fuzz_of_a_classifier(classifier_schema, figures):
+    seen = _fuzz_head(
+        classifier_schema, figures, _CLASSIFIER_LACKS, _CLASSIFIER_PATHS, ("/predict", "/")
+    )
     assert seen[("positive", "/fill-mask", 400)] > 0  # no MLM head: refused
 
 
 @pytest.mark.slow  # the main fuzz covers the rerank routes' refusal; this serves a reranker
 def test_schema_fuzz_of_a_reranker(reranker_schema, figures):
-    seen = _fuzz(
-        reranker_schema,
-        cases_per_mode=60,
-        derandomize=True,
-        lacks=_RERANKER_LACKS,
-        paths=_RERANKER_PATHS,
-    )
-    answered = _record(figures, seen)
-    assert answered == seen["attempted"] >= 500
-    assert all(status < 500 for (_, _, status) in _answered(seen))
-    for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/predict"):  # scored, and validated
-        assert seen[("positive", path, 200)] > 0, path
-        assert seen[("negative", path, 422)] > 0, path
+    computed = ("/rerank", "/v1/rerank", "/v2/rerank", "/predict")
+    _fuzz_head(reranker_schema, figures, _RERANKER_LACKS, _RERANKER_PATHS, computed)
 
 
 @pytest.mark.long
