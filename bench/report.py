@@ -64,6 +64,11 @@ def flags(value: Any) -> str:
     return f"`{value}`" if value else "none recorded"
 
 
+def retrieval_cells(m: Mapping[str, float]) -> list[str]:
+    """A retrieval result's recall@1, recall@10 and MRR as table cells."""
+    return [num(m[k], 4) for k in ("recall@1", "recall@10", "mrr")]
+
+
 def header(title: str, command: str, machine: list[str]) -> list[str]:
     """A section's title, its command and the machine line."""
     return [f"## {title}", "", f"`{command}`", "", "Measured on: " + "; ".join(machine) + ".", ""]
@@ -369,9 +374,7 @@ def rerank_section(r: Result) -> list[str]:
     rows = [
         [
             name,
-            num(m["recall@1"], 4),
-            num(m["recall@10"], 4),
-            num(m["mrr"], 4),
+            *retrieval_cells(m),
             ratio(m["recall@1"] / r["retriever"]["recall@1"]),
             ratio(m["recall@1"] / r["tfidf"]["recall@1"]),
         ]
@@ -405,7 +408,7 @@ def retrieval_section(r: Result) -> list[str]:
     out = header("Retrieval (`bench_retrieval`)", cmd, machine)
     tfidf = r["tfidf"]
     head = ["system", "pooling", "recall@1", "recall@10", "MRR", "recall@1 / TF-IDF"]
-    rows = [["TF-IDF", "-", *(num(tfidf[k], 4) for k in ("recall@1", "recall@10", "mrr")), "1.00x"]]
+    rows = [["TF-IDF", "-", *retrieval_cells(tfidf), "1.00x"]]
     notes = []
     for c in r["checkpoints"]:
         for label, pooling, m in (
@@ -413,12 +416,7 @@ def retrieval_section(r: Result) -> list[str]:
             (f"{c['name']}, sparse (SPLADE from its MLM head)", "splade max", c["sparse"]["ours"]),
         ):
             rows.append(
-                [
-                    label,
-                    pooling,
-                    *(num(m[k], 4) for k in ("recall@1", "recall@10", "mrr")),
-                    ratio(m["recall@1"] / tfidf["recall@1"]),
-                ]
+                [label, pooling, *retrieval_cells(m), ratio(m["recall@1"] / tfidf["recall@1"])]
             )
         dims = c["sparse"]["active_dims"]
         notes.append(
