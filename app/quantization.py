@@ -139,11 +139,12 @@ class Int8Linear(nn.Module):
 
     ``input_scale`` (in_features,) multiplies the input first (SmoothQuant's 1/s where it could
     not be folded into a LayerNorm; the weight's columns were multiplied by s before packing).
-    ``per_token``: each row is divided by its absolute maximum before the kernel quantizes the
-    batch with one range, always [-1, 1], and the output row multiplied back, so a row of large
-    activations no longer coarsens the others and a row's answer does not depend on the rows
-    beside it. Example: rows [[100, -50], [0.1, 0.2]] reach the kernel as [[1, -0.5], [0.5, 1]]
-    with row scales [100, 0.2].
+    ``per_token``: each row is divided by its own scale (its absolute maximum when ``floor`` is
+    -1) before the kernel quantizes the batch with one range, always [floor, 1], and the output
+    row multiplied back, so a row of large activations no longer coarsens the others and a
+    row's answer does not depend on the rows beside it. Example, floor -1: rows
+    [[100, -50], [0.1, 0.2]] reach the kernel as [[1, -0.5], [0.5, 1]] with row scales
+    [100, 0.2].
     """
 
     def __init__(
@@ -300,7 +301,7 @@ def quantize(
     smooth = recipe.smooth if ranges else ()
     pre_norm = model.config.norm_position == "pre"
     # down reads the FFN activation's output, bounded below (GELU's minimum is -0.17, ReLU's 0):
-    # with rows scaled to max |x| = 1 and max |x| >= 1, the scaled rows stay above that bound.
+    # its rows are scaled into [that bound, 1], a finer range than [-1, 1] (see Int8Linear).
     grid = torch.linspace(-30.0, 30.0, 60_001)
     floors = {"down": min(float(model.layers[0].ffn.act(grid).min()), 0.0)} if model.layers else {}
     out = copy.deepcopy(model)
